@@ -1,0 +1,50 @@
+"""The mathematics of cdistill as pure torch functions.
+
+Nothing here knows about models, trainers or configs: every function takes tensors (and plain numbers)
+and returns tensors, so each one is tested against a brute-force reference in ``tests/``.
+
+Shapes: ``B`` completions, ``T`` generated positions, ``V`` vocabulary, ``H`` hidden size. Every
+per-token function takes a completion ``mask`` ([B, T], bool or 0/1): padding and anything after the
+first EOS never counts. Masks are prefix masks (valid positions first), as generation produces them.
+"""
+
+from cdistill.objectives.advantages import group_normalize, reward_to_go
+from cdistill.objectives.chunking import positionwise
+from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats
+from cdistill.objectives.costs import COSTS, logratio_cost, teacher_nll_cost, token_kl_cost
+from cdistill.objectives.divergences import entropy_from_logits, generalized_jsd, kl_estimate
+from cdistill.objectives.losses import clipped_policy_loss, expected_immediate_reward, token_mean
+from cdistill.objectives.masks import completion_mask, last_token_onehot
+from cdistill.objectives.multipliers import CONTROLLERS
+from cdistill.objectives.rewards import (
+    cmdp_rewards,
+    lagrangian_advantage,
+    soft_penalty_rewards,
+    terminal_reward,
+)
+
+__all__ = [
+    "COSTS",
+    "CONTROLLERS",
+    "KINDS",
+    "ConstraintStats",
+    "clipped_policy_loss",
+    "cmdp_rewards",
+    "completion_mask",
+    "constraint_stats",
+    "entropy_from_logits",
+    "expected_immediate_reward",
+    "generalized_jsd",
+    "group_normalize",
+    "kl_estimate",
+    "lagrangian_advantage",
+    "last_token_onehot",
+    "logratio_cost",
+    "positionwise",
+    "reward_to_go",
+    "soft_penalty_rewards",
+    "teacher_nll_cost",
+    "terminal_reward",
+    "token_kl_cost",
+    "token_mean",
+]

@@ -1,0 +1,74 @@
+"""Policy losses on token-level advantages."""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Σ over generated tokens of the whole batch, divided by the number of generated tokens.
+
+    Every token weighs the same whatever the length of its completion (DAPO's token-level mean), so long
+    completions are not down-weighted as a per-sequence mean would do.
+    """
+    mf = mask.to(x.dtype)
+    return (x * mf).sum() / mf.sum().clamp(min=1)
+
+
+def clipped_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, −min(ρ A, clip(ρ, 1−ε_low, 1+ε_high) A), as a token mean.
+
+    ρ = exp(logp − old_logp). With one inner epoch old_logp equals logp's value, ρ = 1 and the gradient is
+    exactly REINFORCE with the given (baselined) advantages. Advantages and old_logp are constants.
+    """
+    clip_high = clip_low if clip_high is None else clip_high
+    adv = advantages.detach()
+    log_ratio = logp - old_logp.detach()
+    ratio = log_ratio.exp()
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
+    loss = token_mean(-torch.minimum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": token_mean((clipped < unclipped).to(adv.dtype), mask),
+            "approx_kl": token_mean(torch.expm1(-log_ratio) + log_ratio, mask),
+        }
+    return loss, stats
+
+
+def expected_immediate_reward(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    cost_sum_before: torch.Tensor,
+    position: torch.Tensor,
+    absorbed_before: torch.Tensor,
+    threshold: float,
+    penalty: float,
+    informative: bool = True,
+) -> torch.Tensor:
+    """``weakest_link``'s exact single-step term Σ_a π_θ(a|s_t) R̂(s_t, a), one value per row.
+
+    Rows are visited prefixes: logits [n, V]; ``cost_sum_before`` [n] is Σ_{i<t} c_i with the teacher-NLL
+    cost c(a) = −log π_T(a|s_t); ``position`` [n] is t counted from 1; ``absorbed_before`` [n] says the
+    prefix already broke the ``prefix_mean`` constraint. For every candidate token a:
+
+    - prefix still within budget: R̂ = −penalty if (Σ_{i<t} c_i + c(a)) / t > d, else 0;
+    - prefix already absorbed: R̂ = −c(a) if ``informative`` else 0.
+
+    The task reward is not in R̂: it depends on the whole completion and stays in the sampled part.
+    Differentiable in ``student_logits``.
+    """
+    p = torch.softmax(student_logits.float(), dim=-1)
+    cost = -torch.log_softmax(teacher_logits.float(), dim=-1).detach()
+    prefix_mean = (cost_sum_before.unsqueeze(1) + cost) / position.unsqueeze(1).to(cost.dtype)
+    fresh = -penalty * (prefix_mean > threshold).to(cost.dtype)
+    absorbed = -cost if informative else torch.zeros_like(cost)
+    r_hat = torch.where(absorbed_before.bool().unsqueeze(1), absorbed, fresh)
+    return (p * r_hat).sum(-1)

@@ -1,0 +1,56 @@
+"""Per-token (modified) rewards r̃_t, [B, T], zero at masked positions."""
+
+from __future__ import annotations
+
+import torch
+
+from cdistill.objectives.constraints import ConstraintStats
+from cdistill.objectives.masks import last_token_onehot
+
+
+def terminal_reward(task_reward: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The sequence reward R(x, y) [B] placed on the last generated token (what ``grpo`` optimises)."""
+    return last_token_onehot(mask).to(task_reward.dtype) * task_reward.unsqueeze(1)
+
+
+def cmdp_rewards(
+    task_reward: torch.Tensor,
+    costs: torch.Tensor,
+    mask: torch.Tensor,
+    stats: ConstraintStats,
+    penalty: float,
+    informative: bool = True,
+) -> torch.Tensor:
+    """Sauté's modified reward without state augmentation.
+
+    Within budget (no violation): 0 per token and R at the last one. At the first violation τ the task
+    reward is forfeited and r̃_τ = −penalty; every later token gets −c_t when ``informative`` (the
+    absorbing state still pulls back toward the teacher) and 0 otherwise. ``costs`` may carry grad; the
+    result is for returns, so it is detached.
+    """
+    violated = stats.violation_step >= 0
+    r = terminal_reward(task_reward * (~violated).to(task_reward.dtype), mask)
+    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(stats.absorbed)
+    at_violation = (pos == stats.violation_step.unsqueeze(1)) & violated.unsqueeze(1)
+    r = r - penalty * at_violation.to(r.dtype)
+    if informative:
+        r = r - costs.detach() * (stats.absorbed & ~at_violation).to(r.dtype)
+    return r * mask
+
+
+def after_violation(stats: ConstraintStats) -> torch.Tensor:
+    """Bool [B, T]: tokens strictly after the first violation (where the informative −c_t applies)."""
+    pos = torch.arange(stats.absorbed.shape[1], device=stats.absorbed.device).expand_as(stats.absorbed)
+    return stats.absorbed & (pos > stats.violation_step.unsqueeze(1))
+
+
+def soft_penalty_rewards(
+    task_reward: torch.Tensor, stats: ConstraintStats, mask: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """R − λ C(y) with a fixed λ, the cost spread over tokens by its increments δ_t (Σ δ_t = C(y))."""
+    return terminal_reward(task_reward, mask) - weight * stats.increments.detach() * mask
+
+
+def lagrangian_advantage(adv_reward: torch.Tensor, adv_cost: torch.Tensor, lam: float) -> torch.Tensor:
+    """(A_R − λ A_C) / (1 + λ): the Lagrangian's advantage, rescaled so its size does not grow with λ."""
+    return (adv_reward - lam * adv_cost) / (1.0 + lam)

@@ -1,0 +1,15 @@
+import random
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    random.seed(0)
+
+
+def ragged_mask(lengths, t):
+    """Prefix mask [len(lengths), t] with the given numbers of valid positions."""
+    return torch.tensor([[i < n for i in range(t)] for n in lengths])
