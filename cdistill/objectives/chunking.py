@@ -22,8 +22,8 @@ def positionwise(
 ) -> torch.Tensor:
     """Apply ``fn`` to the valid positions of ``tensors`` ([B, T, ...] each), ``chunk`` rows at a time.
 
-    ``fn`` receives one [n, ...] slice per tensor and returns [n]. The result is [B, T] with zeros at
-    masked positions. Masked positions are never computed.
+    ``fn`` receives one [n, ...] slice per tensor and returns [n] or [n, k]. The result is [B, T] (or
+    [B, T, k]) float32 with zeros at masked positions. Masked positions are never computed.
     """
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
@@ -38,10 +38,12 @@ def positionwise(
             pieces.append(checkpoint(fn, *args, use_reentrant=False))
         else:
             pieces.append(fn(*args))
-    out = torch.zeros(bt[0] * bt[1], dtype=torch.float32, device=mask.device)
-    if pieces:
-        out = out.index_put((idx,), torch.cat(pieces).float())
-    return out.view(bt)
+    if not pieces:
+        probe = fn(*[f[:1] for f in flat]) if flat[0].shape[0] else torch.zeros(1)
+        return torch.zeros(*bt, *probe.shape[1:], dtype=torch.float32, device=mask.device)
+    vals = torch.cat(pieces).float()
+    out = torch.zeros(bt[0] * bt[1], *vals.shape[1:], dtype=torch.float32, device=mask.device)
+    return out.index_put((idx,), vals).view(*bt, *vals.shape[1:])
 
 
 def logits_from_hidden(
@@ -55,3 +57,27 @@ def logits_from_hidden(
     w = weight if vocab_size is None else weight[:vocab_size]
     logits = hidden.float() @ w.float().t()
     return logits / temperature if temperature != 1.0 else logits
+
+
+def token_logprob_and_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    chunk: int = 1024,
+    temperature: float = 1.0,
+    vocab_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log π(y_t|s_t) of the sampled tokens and the entropy of π(·|s_t), both [B, T], in one vocab pass.
+
+    The entropy is returned detached (it is a diagnostic); the log-prob keeps its graph.
+    """
+
+    def fn(h: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+        lp = torch.log_softmax(logits_from_hidden(h, weight, vocab_size, temperature), dim=-1)
+        chosen = lp.gather(-1, tok.long().unsqueeze(-1)).squeeze(-1)
+        ent = -(lp.exp() * lp).sum(-1).detach()
+        return torch.stack([chosen, ent], dim=-1)
+
+    out = positionwise(fn, mask, [hidden, tokens], chunk)
+    return out[..., 0], out[..., 1].detach()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import torch
 
 
-def token_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Σ over generated tokens of the whole batch, divided by the number of generated tokens.
+def token_mean(x: torch.Tensor, mask: torch.Tensor, denom: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Σ over generated tokens, divided by the number of generated tokens in the whole batch.
 
     Every token weighs the same whatever the length of its completion (DAPO's token-level mean), so long
-    completions are not down-weighted as a per-sequence mean would do.
+    completions are not down-weighted as a per-sequence mean would do. When ``x`` is one micro-batch of a
+    larger batch, pass the whole batch's token count as ``denom`` so that accumulated gradients equal the
+    full-batch ones.
     """
     mf = mask.to(x.dtype)
-    return (x * mf).sum() / mf.sum().clamp(min=1)
+    d = mf.sum().clamp(min=1) if denom is None else denom
+    return (x * mf).sum() / d
 
 
 def clipped_policy_loss(
@@ -22,6 +25,7 @@ def clipped_policy_loss(
     mask: torch.Tensor,
     clip_low: float = 0.2,
     clip_high: float | None = None,
+    denom: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate, −min(ρ A, clip(ρ, 1−ε_low, 1+ε_high) A), as a token mean.
 
@@ -34,7 +38,7 @@ def clipped_policy_loss(
     ratio = log_ratio.exp()
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
-    loss = token_mean(-torch.minimum(unclipped, clipped), mask)
+    loss = token_mean(-torch.minimum(unclipped, clipped), mask, denom)
     with torch.no_grad():
         stats = {
             "clip_frac": token_mean((clipped < unclipped).to(adv.dtype), mask),

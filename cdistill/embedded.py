@@ -1,0 +1,129 @@
+"""The embedded default experiment's models: a tokenizer, a teacher and a smaller student, made offline.
+
+Everything is built from the embedded arithmetic task on first use and cached under
+``<cache_dir>/embedded-<hash>/``, where the hash covers every setting that shapes the result (the
+recipe, the task, the code version), so a second run reuses the models and a changed recipe rebuilds
+them. A build is written to a temporary folder and renamed into place when complete, so an interrupted
+build never leaves a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+RECIPE_VERSION = 1  # bump when the build code changes what it produces
+SPECIAL = {"pad": "<|pad|>", "eos": "<|eos|>"}
+
+
+def cache_key(*parts) -> str:
+    payload = [RECIPE_VERSION] + [OmegaConf.to_container(p, resolve=True) if OmegaConf.is_config(p) else p
+                                  for p in parts]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE (GPT-2 style) trained on the task's text, digits always split one by one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=SPECIAL["pad"], eos_token=SPECIAL["eos"])
+
+
+def tiny_llama(tokenizer, size, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
+        num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.heads,
+        max_position_embeddings=size.max_positions, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def _atomic_build(root: Path, make) -> Path:
+    """Run ``make(tmp_dir)`` and rename the result to ``root``; reuse ``root`` if it is already complete."""
+    if (root / "build.json").is_file():
+        log.info("embedded: reusing %s", root)
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    try:
+        info = make(tmp)
+        (tmp / "build.json").write_text(json.dumps(info, indent=2))
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process finished the same build first: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
+    """Directory of the embedded ``role`` ("teacher" or "student"), built on first use.
+
+    Tokenizer, teacher and student are cached separately, each keyed by what shapes it: changing the
+    student's recipe reuses the teacher.
+    """
+    from cdistill.sft import train_sft
+    from cdistill.tasks import build_task
+
+    cache = Path(cache_dir)
+    tok_key = cache_key(recipe.tokenizer, task_cfg)
+    task = None
+
+    def pairs():
+        nonlocal task
+        task = task or build_task(task_cfg)
+        return [(task.prompt(p), p.solution) for p in task.train]
+
+    def make_tokenizer(out: Path) -> dict:
+        tok = build_tokenizer([a + b for a, b in pairs()], recipe.tokenizer.vocab_size)
+        tok.save_pretrained(out)
+        return {"vocab": len(tok)}
+
+    tok_dir = _atomic_build(cache / f"tokenizer-{tok_key}", make_tokenizer)
+    r = recipe[role]
+
+    def make_model(out: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        print(f"building the embedded {role} (once; cached in {cache}) ...", flush=True)
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        model = tiny_llama(tok, r.size, recipe.seed)
+        t = time.time()
+        losses = train_sft(model, tok, pairs(), r.steps, r.lr, r.batch_size, seed=recipe.seed, warmup=r.warmup,
+                           desc=f"embedded {role}")
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        (out / "recipe.yaml").write_text(OmegaConf.to_yaml(r))
+        tail = losses[-20:]
+        return {"role": role, "parameters": sum(p.numel() for p in model.parameters()), "sft_steps": r.steps,
+                "final_loss": sum(tail) / len(tail), "seconds": time.time() - t}
+
+    return _atomic_build(cache / f"{role}-{cache_key(tok_key, r, recipe.seed)}", make_model)

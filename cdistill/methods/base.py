@@ -1,0 +1,57 @@
+"""What every method shares: the scored batch it sees, and the interface the loop calls.
+
+A method turns a scored batch into per-token advantages (and, for some, an extra differentiable term).
+Rollout, scoring, the policy-gradient update, logging and evaluation are the loop's, identical for all
+methods, so that a comparison measures the objective and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cdistill.objectives import ConstraintStats, group_normalize, reward_to_go
+
+
+@dataclass
+class Scored:
+    """One step's rollouts, scored. All [B, T] tensors are detached and zero at masked positions."""
+
+    mask: torch.Tensor  # [B, T] bool
+    task_reward: torch.Tensor  # [B] verifier reward R(x, y) in {0, 1}
+    old_logp: torch.Tensor  # [B, T] student log-probs at sampling time
+    teacher_logp: torch.Tensor  # [B, T]
+    costs: torch.Tensor  # [B, T] c_t under constraint.cost
+    stats: ConstraintStats
+    group_size: int
+
+
+class Method:
+    """Base: subclasses set ``name`` and implement ``advantages``."""
+
+    name = "base"
+
+    def __init__(self, cfg, constraint, optim):
+        self.cfg, self.constraint, self.optim = cfg, constraint, optim
+
+    def normalize(self, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+        """Per-token rewards → reward-to-go → per-prompt group normalisation (shared by all methods)."""
+        return group_normalize(reward_to_go(rewards, mask), mask, group_size, self.optim.adv_scale)
+
+    def advantages(self, b: Scored) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_loss(self, b: Scored, rows: torch.Tensor, logp: torch.Tensor, denom: torch.Tensor):
+        """A differentiable term added to the policy loss for the micro-batch ``rows``, or None."""
+        return None
+
+    def after_step(self, b: Scored) -> dict[str, float]:
+        """Update method state (multipliers) once per optimiser step; return what to log."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,11 @@
+"""``grpo``: task reward only (λ = 0). The reward-hacking reference: nothing keeps it near the teacher."""
+
+from cdistill.methods.base import Method, Scored
+from cdistill.objectives import terminal_reward
+
+
+class GRPO(Method):
+    name = "grpo"
+
+    def advantages(self, b: Scored):
+        return self.normalize(terminal_reward(b.task_reward, b.mask), b.mask, b.group_size)

@@ -1,0 +1,43 @@
+"""``lagrangian``: maximise E[R] − λ (E[C] − d) with a learned multiplier λ ≥ 0.
+
+λ follows the batch's mean C(y) (EMA-smoothed) by dual ascent or a PID controller, once per optimiser
+step. It only targets the expectation E[C] ≤ d, not every sample: the contrast with ``cmdp``.
+"""
+
+from cdistill.methods.base import Method, Scored
+from cdistill.objectives import CONTROLLERS, lagrangian_advantage, terminal_reward
+
+
+class Lagrangian(Method):
+    name = "lagrangian"
+
+    def __init__(self, cfg, constraint, optim):
+        super().__init__(cfg, constraint, optim)
+        if cfg.controller not in CONTROLLERS:
+            raise ValueError(f"unknown multiplier controller {cfg.controller!r}; expected one of {sorted(CONTROLLERS)}")
+        init, self._update = CONTROLLERS[cfg.controller]
+        self.state = init(cfg.init)
+
+    @property
+    def lam(self) -> float:
+        return self.state["lam"]
+
+    def advantages(self, b: Scored):
+        a_r = self.normalize(terminal_reward(b.task_reward, b.mask), b.mask, b.group_size)
+        a_c = self.normalize(b.stats.increments, b.mask, b.group_size)
+        return lagrangian_advantage(a_r, a_c, self.lam)
+
+    def after_step(self, b: Scored):
+        measured = float(b.stats.value.mean())
+        c, d = self.cfg, self.constraint.threshold
+        if c.controller == "pid":
+            self.state = self._update(self.state, measured, d, c.pid.kp, c.pid.ki, c.pid.kd, c.ema_decay, c.lam_max)
+        else:
+            self.state = self._update(self.state, measured, d, c.lr, c.ema_decay, c.lam_max)
+        return {"lambda": self.lam}
+
+    def state_dict(self):
+        return dict(self.state)
+
+    def load_state_dict(self, state):
+        self.state = dict(state)

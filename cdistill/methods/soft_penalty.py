@@ -1,0 +1,12 @@
+"""``soft_penalty``: the soft-Lagrangian baseline (GKD-GRPO / KDRL style), reward R − λ C(y), λ fixed."""
+
+from cdistill.methods.base import Method, Scored
+from cdistill.objectives import soft_penalty_rewards
+
+
+class SoftPenalty(Method):
+    name = "soft_penalty"
+
+    def advantages(self, b: Scored):
+        rewards = soft_penalty_rewards(b.task_reward, b.stats, b.mask, self.cfg.penalty)
+        return self.normalize(rewards, b.mask, b.group_size)

@@ -1,0 +1,93 @@
+"""Loading models and tokenizers by Hugging Face id or local path, and scoring completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cdistill.objectives.chunking import token_logprob_and_entropy
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be used as configured."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(name_or_path: str, **kwargs):
+    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    tok.padding_side = "left"  # generation appends on the right; prompts must end at the same column
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", **kwargs):
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ModelError(f"{name_or_path}: logit soft-capping is not supported by the chunked scorer")
+    return model.to(device)
+
+
+def check_same_vocabulary(student_tok, teacher_tok) -> None:
+    """Token-level divergences compare distributions over the same tokens: the vocabularies must match."""
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        raise ModelError(
+            "student and teacher tokenizers differ; token-level distillation needs the teacher's tokenizer"
+        )
+
+
+def real_vocab_size(model_a, model_b, tokenizer) -> int:
+    """Rows of the output embedding shared by both models and the tokenizer (padding rows cut)."""
+    return min(model_a.get_output_embeddings().weight.shape[0], model_b.get_output_embeddings().weight.shape[0],
+               len(tokenizer))
+
+
+@dataclass
+class Sequences:
+    """Prompt and completion tokens laid side by side, as one causal-LM input."""
+
+    input_ids: torch.Tensor  # [B, P + T]
+    attention_mask: torch.Tensor  # [B, P + T]
+    position_ids: torch.Tensor  # [B, P + T]
+    prompt_len: int
+    completion_ids: torch.Tensor  # [B, T]
+    completion_mask: torch.Tensor  # [B, T] bool
+
+    @staticmethod
+    def build(prompt_ids, prompt_mask, completion_ids, completion_mask) -> Sequences:
+        attn = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
+        # positions as generate() assigns them under left padding; a mismatch would bias every log-prob
+        pos = (attn.cumsum(1) - 1).clamp(min=0)
+        return Sequences(
+            torch.cat([prompt_ids, completion_ids], dim=1), attn, pos, prompt_ids.shape[1],
+            completion_ids, completion_mask.bool(),
+        )
+
+    def select(self, rows: torch.Tensor | slice) -> Sequences:
+        return Sequences(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows], self.prompt_len,
+                         self.completion_ids[rows], self.completion_mask[rows])
+
+
+def completion_hidden(model, seq: Sequences) -> torch.Tensor:
+    """Final hidden states [B, T, H] at the positions that predict each completion token."""
+    out = model.get_decoder()(
+        input_ids=seq.input_ids, attention_mask=seq.attention_mask, position_ids=seq.position_ids, use_cache=False
+    )
+    h = out.last_hidden_state
+    t = seq.completion_ids.shape[1]
+    return h[:, seq.prompt_len - 1 : seq.prompt_len - 1 + t]
+
+
+def score(model, seq: Sequences, temperature: float = 1.0, chunk: int = 1024, vocab_size: int | None = None):
+    """(log-probs of the completion tokens [B, T], entropies [B, T], hidden states [B, T, H])."""
+    h = completion_hidden(model, seq)
+    w = model.get_output_embeddings().weight
+    logp, ent = token_logprob_and_entropy(h, w, seq.completion_ids, seq.completion_mask, chunk, temperature,
+                                          vocab_size)
+    return logp, ent, h

@@ -1,0 +1,71 @@
+"""Turning a config into live objects: device, seeds, task, tokenizer, student, teacher."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import to_absolute_path
+
+from cdistill.models import check_same_vocabulary, load_model, load_tokenizer, real_vocab_size
+from cdistill.tasks import Task, build_task
+
+EMBEDDED = "embedded:"
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def absolute(path: str) -> str:
+    """A path from the config, relative to where the command was launched (Hydra keeps cwd)."""
+    try:
+        return to_absolute_path(path)
+    except ValueError:  # outside a Hydra app (tests, scripts)
+        return str(Path(path).resolve())
+
+
+def resolve_model_path(name_or_path: str, cfg) -> str:
+    """``embedded:<role>`` → the cached embedded build (built on first use); anything else unchanged."""
+    if not name_or_path.startswith(EMBEDDED):
+        return name_or_path
+    from cdistill.embedded import ensure_built
+
+    role = name_or_path[len(EMBEDDED):]
+    if role not in ("student", "teacher"):
+        raise ValueError(f"unknown embedded model {name_or_path!r}; expected embedded:student or embedded:teacher")
+    return str(ensure_built(cfg.model.embedded, cfg.task, absolute(cfg.paths.cache), role))
+
+
+@dataclass
+class Components:
+    task: Task
+    tokenizer: object
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    vocab: int
+    device: str
+
+
+def build_components(cfg, student_path: str | None = None) -> Components:
+    device = pick_device(cfg.device)
+    task = build_task(cfg.task)
+    teacher_path = resolve_model_path(cfg.model.teacher.name_or_path, cfg)
+    student_path = student_path or resolve_model_path(cfg.model.student.name_or_path, cfg)
+    tokenizer = load_tokenizer(teacher_path)
+    check_same_vocabulary(load_tokenizer(student_path), tokenizer)
+    student = load_model(student_path, cfg.model.student.dtype, device)
+    teacher = load_model(teacher_path, cfg.model.teacher.dtype, device).eval()
+    teacher.requires_grad_(False)
+    return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)

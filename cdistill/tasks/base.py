@@ -1,0 +1,109 @@
+"""Task = problems + prompt format + verifier, behind one small interface for every dataset."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cdistill.tasks import arith
+from cdistill.verifier import grade, last_boxed
+
+
+class TaskError(ValueError):
+    """A dataset that cannot be used as configured (missing file, bad row, wrong fields)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    question: str
+    gold: str  # the final answer the verifier compares against
+    solution: str  # a reference worked solution (for SFT and for reading reports)
+
+
+def gold_from_row(row: dict, answer_format: str) -> str:
+    if answer_format == "gsm8k":
+        ans = row["answer"]
+        if "####" not in ans:
+            raise TaskError("a GSM8K-format answer has no '#### <number>' line")
+        return ans.split("####")[-1].strip().replace(",", "")
+    if answer_format == "math":
+        if row.get("answer"):
+            return str(row["answer"]).strip()
+        boxed = last_boxed(row.get("solution", ""))
+        if boxed is None:
+            raise TaskError("a MATH row has neither an 'answer' field nor a \\boxed{} solution")
+        return boxed
+    raise TaskError(f"unknown answer_format {answer_format!r}; expected gsm8k or math")
+
+
+def row_to_problem(row: dict, fields: dict, answer_format: str) -> Problem:
+    q, s = fields["question"], fields["solution"]
+    missing = [k for k in (q, s) if k not in row]
+    if missing:
+        raise TaskError(f"row has no field(s) {missing}; it has {sorted(row)}")
+    solution = row[s]
+    return Problem(question=row[q], gold=gold_from_row(row, answer_format), solution=solution)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise TaskError(f"dataset file not found: {p}")
+    rows = []
+    with p.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise TaskError(f"{p}:{i}: malformed JSON line ({e.msg})") from None
+    if not rows:
+        raise TaskError(f"dataset file is empty: {p}")
+    return rows
+
+
+def load_rows(source: str, split: str, hub_config: str | None = None) -> list[dict]:
+    """Rows from a local JSONL file (``split`` is ignored) or a Hugging Face hub dataset name."""
+    if source.endswith(".jsonl") or Path(source).exists():
+        return read_jsonl(source)
+    from datasets import load_dataset
+
+    return [dict(r) for r in load_dataset(source, hub_config, split=split)]
+
+
+class Task:
+    """Train and test problems, the prompt text for a problem, and the reward of a completion."""
+
+    def __init__(self, name: str, train: list[Problem], test: list[Problem], template: str):
+        if not train or not test:
+            raise TaskError(f"task {name!r} has an empty split (train {len(train)}, test {len(test)})")
+        self.name, self.train, self.test, self.template = name, train, test, template
+
+    def prompt(self, problem: Problem) -> str:
+        return self.template.format(question=problem.question)
+
+    def reward(self, completion: str, problem: Problem) -> float:
+        return grade(completion, problem.gold)
+
+
+def build_task(cfg) -> Task:
+    """A Task from the ``task`` config group (see conf/task/*.yaml)."""
+    if cfg.source == "embedded":
+        d = cfg.difficulty
+        held, test_rows = arith.split(cfg.seed, cfg.n_test, d.min_steps, d.max_steps, d.max_operand)
+        train_rows = arith.train_rows(cfg.seed, cfg.n_train, set(held), d.min_steps, d.max_steps, d.max_operand)
+        rows = {"train": train_rows, "test": test_rows}
+    else:
+        rows = {
+            "train": load_rows(cfg.train_source or cfg.source, cfg.train_split, cfg.get("hub_config")),
+            "test": load_rows(cfg.test_source or cfg.source, cfg.test_split, cfg.get("hub_config")),
+        }
+    fields = {"question": cfg.fields.question, "solution": cfg.fields.solution}
+    probs = {k: [row_to_problem(r, fields, cfg.answer_format) for r in v] for k, v in rows.items()}
+    test = probs["test"]
+    if cfg.n_test and len(test) > cfg.n_test:
+        test = random.Random(cfg.seed).sample(test, cfg.n_test)
+    return Task(cfg.name, probs["train"], test, cfg.prompt_template)

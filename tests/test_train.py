@@ -1,0 +1,96 @@
+"""The runner end to end at tiny sizes: every method trains, outputs land, eval agrees, cache works."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_cfg
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cdistill import embedded
+from cdistill.evaluate import evaluate
+from cdistill.runtime import build_components
+from cdistill.train import train
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.mark.parametrize("method", ["cmdp", "soft_penalty", "lagrangian", "grpo"])
+def test_each_method_trains_a_few_steps_and_writes_its_outputs(tmp_path, cache, method):
+    cfg = tiny_cfg(tmp_path, f"method={method}", "constraint.threshold=5", cache=cache)
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = train(cfg, run)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [s for s in steps if "reward" in s]
+    assert [s["step"] for s in train_steps] == [1, 2]
+    for s in train_steps:
+        for key in ("reward", "divergence_mean", "divergence_p90", "satisfaction_rate", "entropy", "length_mean",
+                    "time_generate", "time_score", "time_update"):
+            assert s[key] is not None and s[key] == s[key], key
+    if method == "lagrangian":
+        assert all("lambda" in s for s in train_steps)
+        assert summary["method_state"]["lam"] == train_steps[-1]["lambda"]
+    assert (run / "config.yaml").is_file() and (run / "eval.json").is_file()
+    assert len((run / "eval_samples.jsonl").read_text().splitlines()) == cfg.eval.n_problems
+    assert summary["steps"] == 2 and 0.0 <= summary["satisfaction_rate"] <= 1.0
+
+
+def test_training_changes_the_student_weights(tmp_path, cache):
+    cfg = tiny_cfg(tmp_path, "method=grpo", "optim.lr=0.05", "eval.at_start=false", cache=cache)
+    comp = build_components(cfg)
+    before = {k: v.clone() for k, v in comp.student.state_dict().items()}
+    run = tmp_path / "run"
+    run.mkdir()
+    train(cfg, run)
+    after = AutoModelForCausalLM.from_pretrained(run / "student").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_saved_student_reloads_with_plain_transformers_and_generates(tmp_path, cache):
+    cfg = tiny_cfg(tmp_path, cache=cache)
+    run = tmp_path / "run"
+    run.mkdir()
+    train(cfg, run)
+    model = AutoModelForCausalLM.from_pretrained(run / "student")
+    tok = AutoTokenizer.from_pretrained(run / "student")
+    ids = tok("Question: Ava has 3 apples. How many apples does Ava have now?\nAnswer:\n", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] > ids.input_ids.shape[1]
+
+
+def test_evaluation_is_reproducible_and_its_rates_agree_with_its_samples(tmp_path, cache):
+    cfg = tiny_cfg(tmp_path, "eval.n_problems=6", "eval.samples=3", "constraint.threshold=4", cache=cache)
+    comp = build_components(cfg)
+    report, records = evaluate(comp, cfg, with_samples=True)
+    again, _ = evaluate(comp, cfg, with_samples=True)
+    assert report == again
+    samples = [s for r in records for s in r["samples"]]
+    assert len(samples) == 18
+    assert report["satisfaction_rate"] == pytest.approx(sum(s["satisfied"] for s in samples) / 18)
+    assert all(s["satisfied"] == (s["divergence"] <= 4) for s in samples)
+    assert report["success_rate"] == pytest.approx(sum(s["satisfied"] and s["correct"] for s in samples) / 18)
+    assert report["accuracy_greedy"] == pytest.approx(sum(r["greedy_correct"] for r in records) / 6)
+
+
+def test_embedded_cache_is_reused_and_rebuilt_when_its_recipe_changes(tmp_path, monkeypatch):
+    cfg = tiny_cfg(tmp_path)
+    cache = tmp_path / "cache"
+    first = embedded.ensure_built(cfg.model.embedded, cfg.task, cache, "student")
+    calls = []
+    real = embedded.tiny_llama
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(embedded, "tiny_llama", counting)
+    assert embedded.ensure_built(cfg.model.embedded, cfg.task, cache, "student") == first
+    assert calls == []
+    cfg.model.embedded.student.steps = 11
+    second = embedded.ensure_built(cfg.model.embedded, cfg.task, cache, "student")
+    assert second != first and calls == [1]
+    assert not list(cache.glob(".building-*"))
