@@ -58,7 +58,7 @@ def tiny_llama(tokenizer, size, seed: int):
     cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=size.hidden, intermediate_size=size.intermediate,
         num_hidden_layers=size.layers, num_attention_heads=size.heads, num_key_value_heads=size.heads,
-        max_position_embeddings=size.max_positions, tie_word_embeddings=True,
+        max_position_embeddings=size.max_positions, tie_word_embeddings=size.get("tie_embeddings", True),
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
     )
     return LlamaForCausalLM(cfg)
@@ -94,12 +94,15 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
     from cdistill.tasks import build_task
 
     cache = Path(cache_dir)
-    tok_key = cache_key(recipe.tokenizer, task_cfg)
+    # the models learn from their own draw of problems (recipe.sft_problems), so how many problems an RL
+    # run draws (task.n_train) must not rebuild them; everything else about the task shapes them
+    data_cfg = OmegaConf.merge(task_cfg, {"n_train": recipe.sft_problems})
+    tok_key = cache_key(recipe.tokenizer, data_cfg)
     task = None
 
     def pairs():
         nonlocal task
-        task = task or build_task(task_cfg)
+        task = task or build_task(data_cfg)
         return [(task.prompt(p), p.solution) for p in task.train]
 
     def make_tokenizer(out: Path) -> dict:
@@ -118,7 +121,7 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
         model = tiny_llama(tok, r.size, recipe.seed)
         t = time.time()
         losses = train_sft(model, tok, pairs(), r.steps, r.lr, r.batch_size, seed=recipe.seed, warmup=r.warmup,
-                           desc=f"embedded {role}")
+                           desc=f"embedded {role}", label_smoothing=r.get("label_smoothing", 0.0))
         model.save_pretrained(out)
         tok.save_pretrained(out)
         (out / "recipe.yaml").write_text(OmegaConf.to_yaml(r))

@@ -12,21 +12,22 @@ from cdistill.rollout import generate, generation_config
 from cdistill.scoring import score_rollout
 
 
-def evaluate(comp, cfg, n_problems: int | None = None, with_samples: bool = False):
+def evaluate(comp, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
     """Report dict (and, with ``with_samples``, one record per problem) for the held-out split.
 
     The constraint metrics are measured on sampled completions (the policy's own distribution, which
     the budget constrains); greedy decoding gives a second accuracy. Sampling uses its own seed
     (``cfg.seed``) on a forked RNG: the same weights always give the same report, and evaluating in the
-    middle of training does not shift the training run's random stream.
+    middle of training does not shift the training run's random stream. ``policy`` (default: the
+    student) is the model that answers; the teacher as policy gives the reference accuracy.
     """
     devices = [torch.cuda.current_device()] if comp.device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
-        return _evaluate(comp, cfg, n_problems, with_samples)
+        return _evaluate(comp, cfg, n_problems, with_samples, policy or comp.student)
 
 
-def _evaluate(comp, cfg, n_problems, with_samples):
+def _evaluate(comp, cfg, n_problems, with_samples, policy):
     problems = comp.task.test[: n_problems or cfg.eval.n_problems]
     tok, ev = comp.tokenizer, cfg.eval
     sampled_cfg = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
@@ -35,11 +36,11 @@ def _evaluate(comp, cfg, n_problems, with_samples):
     for start in range(0, len(problems), ev.batch_size):
         chunk = problems[start : start + ev.batch_size]
         prompts = [comp.task.prompt(p) for p in chunk]
-        greedy = generate(comp.student, tok, prompts, 1, greedy_cfg, comp.device)
+        greedy = generate(policy, tok, prompts, 1, greedy_cfg, comp.device)
         greedy_correct = [comp.task.reward(t, p) for t, p in zip(greedy.texts, chunk, strict=True)]
-        sampled = generate(comp.student, tok, prompts, ev.samples, sampled_cfg, comp.device)
+        sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, comp.device)
         per_sample = [p for p in chunk for _ in range(ev.samples)]
-        scored, extras = score_rollout(sampled, per_sample, comp.task, comp.student, comp.teacher, cfg.constraint,
+        scored, extras = score_rollout(sampled, per_sample, comp.task, policy, comp.teacher, cfg.constraint,
                                        cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab, cfg.scoring.micro_batch)
         s = batch_summary(scored, extras)
         s["accuracy_greedy"] = sum(greedy_correct) / len(chunk)

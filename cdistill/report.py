@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 COLUMNS = [
-    ("method", "method", "{}"), ("d", "threshold", "{:g}"), ("start acc", "start_accuracy_sampled", "{:.3f}"),
+    ("method", "method", "{}"), ("d", "threshold", "{:g}"), ("teacher acc", "teacher_accuracy_sampled", "{:.3f}"),
+    ("start acc", "start_accuracy_sampled", "{:.3f}"), ("start satisfied", "start_satisfaction_rate", "{:.3f}"),
     ("acc (sampled)", "accuracy_sampled", "{:.3f}"), ("acc (greedy)", "accuracy_greedy", "{:.3f}"),
     ("div mean", "divergence_mean", "{:.2f}"), ("div p90", "divergence_p90", "{:.2f}"),
     ("satisfied", "satisfaction_rate", "{:.3f}"), ("success", "success_rate", "{:.3f}"),

@@ -40,7 +40,8 @@ def lr_lambda(warmup: int, total: int, schedule: str):
 
 
 def train_sft(model, tokenizer, pairs, steps: int, lr: float, batch_size: int, seed: int = 0,
-              warmup: int = 20, schedule: str = "cosine", desc: str = "sft", device="cpu") -> list[float]:
+              warmup: int = 20, schedule: str = "cosine", desc: str = "sft", device="cpu",
+              label_smoothing: float = 0.0) -> list[float]:
     """``steps`` AdamW steps of next-token loss on completions; returns the loss of each step."""
     rng = random.Random(seed)
     model.train()
@@ -50,7 +51,9 @@ def train_sft(model, tokenizer, pairs, steps: int, lr: float, batch_size: int, s
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=2.0)
     for _ in bar:
         ids, attn, lab = sft_batch(tokenizer, rng.sample(pairs, min(batch_size, len(pairs))), device)
-        loss = model(input_ids=ids, attention_mask=attn, labels=lab).loss
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), lab[:, 1:].reshape(-1),
+                                                 ignore_index=-100, label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

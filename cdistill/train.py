@@ -96,6 +96,7 @@ def train(cfg, run_dir: Path) -> dict:
 
     if cfg.eval.at_start:
         start_report = run_eval(0, final=False)
+        teacher_report, _ = evaluate(comp, cfg, policy=comp.teacher)
         log.info("before training: %s", format_report(start_report))
     t_start = time.time()
     bar = tqdm(range(1, steps + 1), desc=f"{method.name}", disable=not cfg.logging.progress, mininterval=1.0)
@@ -130,6 +131,8 @@ def train(cfg, run_dir: Path) -> dict:
         summary["start_accuracy_sampled"] = start_report["accuracy_sampled"]
         summary["start_accuracy_greedy"] = start_report["accuracy_greedy"]
         summary["start_satisfaction_rate"] = start_report["satisfaction_rate"]
+        summary["teacher_accuracy_sampled"] = teacher_report["accuracy_sampled"]
+        summary["teacher_accuracy_greedy"] = teacher_report["accuracy_greedy"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     logger.close()

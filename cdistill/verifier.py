@@ -55,7 +55,7 @@ def answers_match(pred: str | None, gold: str, timeout_seconds: int = 5) -> bool
         return False
     a, b = _as_number(pred), _as_number(gold)
     if a is not None and b is not None:
-        return abs(a - b) <= 1e-6 * max(1.0, abs(b))
+        return abs(a - b) <= 1e-9 * max(1.0, abs(b))  # exact up to float noise, at any magnitude
     from math_verify import parse, verify
 
     def wrap(s: str) -> str:

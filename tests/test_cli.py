@@ -15,9 +15,10 @@ def cdistill(*args, cwd=None):
 def test_train_then_eval_then_report(tmp_path):
     run = tmp_path / "runs" / "one"
     r = cdistill("train", *TINY, f"paths.cache={tmp_path / 'cache'}", f"hydra.run.dir={run}", "method=cmdp",
-                 "constraint.threshold=6")
+                 "constraint.threshold=6", "logging.wandb.enabled=true")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "satisfaction rate" in r.stdout
+    assert list((run / "wandb").glob("offline-run-*")), "wandb should log offline into the run directory"
     trained = json.loads((run / "eval.json").read_text())
 
     r = cdistill("eval", f"run_dir={run}")
