@@ -41,7 +41,8 @@ def test_each_method_trains_a_few_steps_and_writes_its_outputs(tmp_path, cache, 
 
 def test_training_changes_the_student_weights(tmp_path, cache):
     # the tiny student is never right, so the cost term is what moves it
-    cfg = tiny_cfg(tmp_path, "method=soft_penalty", "method.penalty=1", "optim.lr=0.01", "eval.at_start=false", cache=cache)
+    cfg = tiny_cfg(tmp_path, "method=soft_penalty", "method.penalty=1", "optim.lr=0.01", "eval.at_start=false",
+                   cache=cache)
     comp = build_components(cfg)
     before = {k: v.clone() for k, v in comp.student.state_dict().items()}
     run = tmp_path / "run"
