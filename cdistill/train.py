@@ -77,7 +77,9 @@ def train(cfg, run_dir: Path) -> dict:
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             betas=tuple(cfg.optim.betas))
     steps = cfg.optim.steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.optim.warmup, steps, cfg.optim.schedule))
+    # the scheduler counts optimiser steps: inner_epochs of them per training step
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(cfg.optim.warmup, steps * cfg.optim.inner_epochs, cfg.optim.schedule))
     gen = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     stream = PromptStream(comp.task.train, cfg.seed)
     logger = MetricsLogger(run_dir, cfg)

@@ -1,0 +1,116 @@
+"""Methods: which terms each differentiates, and that each builds its advantages from the objectives."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ragged_mask
+from omegaconf import OmegaConf
+
+from cdistill.methods import METHODS, Scored, build_method
+from cdistill.objectives import constraint_stats, group_normalize, logratio_cost, reward_to_go, terminal_reward
+
+OPTIM = OmegaConf.create({"adv_scale": "std"})
+
+
+def scored_batch(threshold=1.0, kind="sum"):
+    mask = ragged_mask([5, 4, 5, 3], 5)
+    old = -torch.rand(4, 5)
+    teacher = -torch.rand(4, 5) * 2
+    costs = logratio_cost(old, teacher, mask)
+    stats = constraint_stats(costs, mask, threshold, kind)
+    return Scored(mask=mask, task_reward=torch.tensor([1.0, 0.0, 1.0, 1.0]), old_logp=old * mask,
+                  teacher_logp=teacher * mask, costs=costs, stats=stats, group_size=2)
+
+
+def method(name, **cfg):
+    constraint = OmegaConf.create({"cost": "logratio", "kind": "sum", "threshold": 1.0})
+    return build_method(OmegaConf.create({"name": name, **cfg}), constraint, OPTIM)
+
+
+def test_registry_holds_the_methods_of_this_issue_and_rejects_unknown_names():
+    assert {"cmdp", "soft_penalty", "lagrangian", "grpo"} <= set(METHODS)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        method("nope")
+
+
+def test_grpo_advantages_are_group_normalised_outcome_rewards():
+    b = scored_batch()
+    want = group_normalize(reward_to_go(terminal_reward(b.task_reward, b.mask), b.mask), b.mask, 2)
+    torch.testing.assert_close(method("grpo").advantages(b), want)
+
+
+def test_cmdp_direct_gradient_is_the_logratio_cost_after_the_violation_only():
+    b = scored_batch(threshold=0.8)
+    assert (b.stats.violation_step >= 0).any()
+    m = method("cmdp", penalty=2.0, informative=True, direct_gradient=1.0)
+    logp = b.old_logp.clone().requires_grad_(True)
+    rows = torch.arange(4)
+    denom = b.mask.sum()
+    m.extra_loss(b, rows, logp, denom).backward()
+    pos = torch.arange(5).expand(4, 5)
+    after = (pos > b.stats.violation_step[:, None]) & (b.stats.violation_step[:, None] >= 0) & b.mask
+    torch.testing.assert_close(logp.grad, after.float() / denom)
+    # the teacher's log-probs are constants: only the student's term is differentiated
+    assert not b.teacher_logp.requires_grad
+
+
+@pytest.mark.parametrize(("cfg", "cost"), [
+    ({"direct_gradient": 0.0, "informative": True}, "logratio"),
+    ({"direct_gradient": 1.0, "informative": False}, "logratio"),
+    ({"direct_gradient": 1.0, "informative": True}, "teacher_nll"),
+])
+def test_cmdp_has_no_direct_term_when_off_or_when_the_cost_does_not_depend_on_the_student(cfg, cost):
+    b = scored_batch(threshold=0.8)
+    constraint = OmegaConf.create({"cost": cost, "kind": "sum", "threshold": 0.8})
+    m = build_method(OmegaConf.create({"name": "cmdp", "penalty": 1.0, **cfg}), constraint, OPTIM)
+    assert m.extra_loss(b, torch.arange(4), b.old_logp.clone().requires_grad_(True), b.mask.sum()) is None
+
+
+def test_cmdp_with_a_large_penalty_ranks_every_violating_sample_below_every_satisfying_one():
+    b = scored_batch(threshold=0.8)
+    adv = method("cmdp", penalty=100.0, informative=True, direct_gradient=1.0).advantages(b)
+    first = adv[:, 0]
+    violated = b.stats.violation_step >= 0
+    for g in range(2):
+        rows = [2 * g, 2 * g + 1]
+        if violated[rows].any() and (~violated[rows]).any():
+            assert first[rows][violated[rows]].max() < first[rows][~violated[rows]].min()
+
+
+def test_lagrangian_multiplier_rises_over_budget_decays_under_it_and_shapes_advantages():
+    m = method("lagrangian", controller="dual_ascent", init=0.0, lr=0.5, ema_decay=0.0, lam_max=10.0,
+               pid={"kp": 0.1, "ki": 0.1, "kd": 0.0})
+    b = scored_batch(threshold=1.0)
+    a0 = m.advantages(b)
+    over = b.stats.value.mean().item() > 1.0
+    lams = [m.after_step(b)["lambda"] for _ in range(3)]
+    assert (lams[-1] > 0) == over
+    if over:
+        assert lams == sorted(lams) and not torch.allclose(m.advantages(b), a0)
+    state = m.state_dict()
+    m2 = method("lagrangian", controller="dual_ascent", init=0.0, lr=0.5, ema_decay=0.0, lam_max=10.0,
+                pid={"kp": 0.1, "ki": 0.1, "kd": 0.0})
+    m2.load_state_dict(state)
+    assert m2.lam == m.lam
+
+
+def test_soft_penalty_advantages_use_the_fixed_weight():
+    b = scored_batch()
+    low = method("soft_penalty", penalty=0.0).advantages(b)
+    torch.testing.assert_close(low, method("grpo").advantages(b))
+    assert not torch.allclose(method("soft_penalty", penalty=5.0).advantages(b), low)
+
+
+def test_objectives_import_no_models_trainers_or_configs():
+    banned = ("torch.nn", "transformers", "hydra", "omegaconf", "cdistill.methods", "cdistill.train")
+    for path in (Path(__file__).resolve().parents[1] / "cdistill" / "objectives").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for n in names:
+                assert not n.startswith(banned), f"{path.name} imports {n}"
