@@ -23,6 +23,7 @@ from cdistill.rollout import generate, generation_config
 from cdistill.runtime import build_components, seed_everything
 from cdistill.scoring import score_rollout
 from cdistill.sft import lr_lambda
+from cdistill.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def update(student, opt, sched, method, scored, seq, cfg, vocab):
 
 
 def train(cfg, run_dir: Path) -> dict:
+    validate(cfg)
     seed_everything(cfg.seed)
     comp = build_components(cfg)
     method = build_method(cfg.method, cfg.constraint, cfg.optim)

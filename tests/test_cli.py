@@ -51,3 +51,17 @@ def test_eval_of_a_missing_run_is_one_line_and_exit_2(tmp_path):
 def test_report_of_an_empty_directory_fails_clearly(tmp_path):
     r = cdistill("report", str(tmp_path))
     assert r.returncode == 2 and "no finished run" in r.stderr
+
+
+def test_bad_config_values_fail_in_one_line_before_any_model_is_built(tmp_path):
+    cache = tmp_path / "cache"
+    for override, words in [("constraint.cost=bogus", "unknown constraint.cost 'bogus'"),
+                            ("constraint.kind=max", "unknown constraint.kind 'max'"),
+                            ("constraint.threshold=abc", "constraint.threshold must be a number"),
+                            ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be positive")]:
+        r = cdistill("train", *TINY, f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'run'}", override)
+        assert r.returncode == 2, (override, r.stderr[-500:])
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith("cdistill: error: ") and words in last, override
+        assert "Traceback" not in r.stderr, override
+    assert not cache.exists(), "validation must come before the embedded models are built"
