@@ -1,11 +1,22 @@
-"""``cdistill report <dir>``: one table over every finished run below a directory."""
+"""``cdistill report <dir>``: one table, a Pareto plot and training curves over every run below a directory.
+
+Reads only what runs wrote (``summary.json``, ``metrics.jsonl``, the Hydra ``.hydra/overrides.yaml``), so it
+works on any finished sweep, and writes ``report.md``, ``report.html``, ``pareto.png`` and ``curves.png``
+into that directory.
+"""
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
+
+import yaml
+
+from cdistill.logger import read_jsonl
 
 COLUMNS = [
     ("method", "method", "{}"), ("d", "threshold", "{:g}"), ("teacher acc", "teacher_accuracy_sampled", "{:.3f}"),
@@ -15,6 +26,8 @@ COLUMNS = [
     ("satisfied", "satisfaction_rate", "{:.3f}"), ("success", "success_rate", "{:.3f}"),
     ("steps", "steps", "{}"), ("seconds", "train_seconds", "{:.0f}"),
 ]
+CURVES = [("reward", "task reward (samples)"), ("divergence_mean", "mean C(y)"),
+          ("satisfaction_rate", "satisfaction rate"), ("lambda", "λ (lagrangian)")]
 
 
 def collect(root: Path) -> list[tuple[Path, dict]]:
@@ -24,7 +37,14 @@ def collect(root: Path) -> list[tuple[Path, dict]]:
             runs.append((path.parent, json.loads(path.read_text())))
         except json.JSONDecodeError:
             print(f"cdistill report: skipping unreadable {path}", file=sys.stderr)
-    return runs
+    return sorted(runs, key=lambda r: (r[1].get("method", ""), r[1].get("threshold", 0)))
+
+
+def command_of(run_dir: Path) -> str:
+    """The command line that made a run, from the overrides Hydra recorded."""
+    p = run_dir / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(p.read_text()) if p.is_file() else None
+    return "cdistill train " + " ".join(overrides or []) if overrides is not None else "(not recorded)"
 
 
 def fmt(summary: dict, key: str, spec: str) -> str:
@@ -33,12 +53,91 @@ def fmt(summary: dict, key: str, spec: str) -> str:
 
 
 def table(runs: list[tuple[Path, dict]]) -> str:
-    """A Markdown table, one row per run, ordered by method then threshold."""
-    rows = sorted(runs, key=lambda r: (r[1].get("method", ""), r[1].get("threshold", 0)))
     head = "| " + " | ".join(c[0] for c in COLUMNS) + " |"
     sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(fmt(s, k, f) for _, k, f in COLUMNS) + " |" for _, s in rows]
+    body = ["| " + " | ".join(fmt(s, k, f) for _, k, f in COLUMNS) + " |" for _, s in runs]
     return "\n".join([head, sep, *body])
+
+
+def plot_pareto(runs, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_method = defaultdict(list)
+    for _, s in runs:
+        by_method[s["method"]].append(s)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for method, ss in sorted(by_method.items()):
+        ss = sorted(ss, key=lambda s: s["divergence_mean"])
+        ax.plot([s["divergence_mean"] for s in ss], [s["accuracy_sampled"] for s in ss], marker="o", label=method)
+        for s in ss:
+            ax.annotate(f"d={s['threshold']:g}", (s["divergence_mean"], s["accuracy_sampled"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    starts = [s for _, s in runs if s.get("start_accuracy_sampled") is not None]
+    if starts:
+        ax.axhline(starts[0]["start_accuracy_sampled"], color="grey", ls=":", lw=1, label="student before RL")
+    ax.set_xlabel("mean divergence C(y) from the teacher (held-out samples)")
+    ax.set_ylabel("accuracy (sampled)")
+    ax.set_title("accuracy against divergence, one curve per method")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(runs, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    for (key, title), ax in zip(CURVES, axes.flat, strict=True):
+        drawn = False
+        for run_dir, s in runs:
+            rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get(key) is not None and "reward" in r]
+            if rows:
+                drawn = True
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1,
+                        label=f"{s['method']} d={s['threshold']:g}")
+        if not drawn:
+            ax.text(0.5, 0.5, "no run logs this", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("step")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_report(root: Path, runs) -> str:
+    text = table(runs)
+    plot_pareto(runs, root / "pareto.png")
+    plot_curves(runs, root / "curves.png")
+    runs_md = "\n".join(f"- `{p.relative_to(root)}`: `{command_of(p)}`" for p, _ in runs)
+    (root / "report.md").write_text(
+        f"# cdistill report: {root}\n\n{text}\n\n![accuracy against divergence](pareto.png)\n\n"
+        f"![training curves](curves.png)\n\nRuns (directory: command; each holds its resolved `config.yaml`):\n\n"
+        f"{runs_md}\n")
+    cells = lambda row: "".join(f"<td>{html.escape(c.strip())}</td>" for c in row.strip("|").split("|"))  # noqa: E731
+    lines = text.splitlines()
+    rows_html = "".join(f"<tr>{cells(r)}</tr>" for r in lines[2:])
+    head_html = "".join(f"<th>{html.escape(c.strip())}</th>" for c in lines[0].strip("|").split("|"))
+    runs_html = "".join(f"<li><code>{html.escape(str(p.relative_to(root)))}</code>: "
+                        f"<code>{html.escape(command_of(p))}</code></li>" for p, _ in runs)
+    (root / "report.html").write_text(
+        f"<!doctype html><meta charset='utf-8'><title>cdistill report</title>"
+        f"<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}"
+        f"td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style>"
+        f"<h1>cdistill report</h1><p>{html.escape(str(root))}</p><table><tr>{head_html}</tr>{rows_html}</table>"
+        f"<p><img src='pareto.png'></p><p><img src='curves.png' width='900'></p><ul>{runs_html}</ul>")
+    return text
 
 
 def report_main(argv: list[str]) -> None:
@@ -53,8 +152,5 @@ def report_main(argv: list[str]) -> None:
     if not runs:
         print(f"cdistill: error: no finished run (summary.json) under {root}", file=sys.stderr)
         sys.exit(2)
-    text = table(runs)
-    (root / "report.md").write_text(f"# cdistill report: {root}\n\n{text}\n\nRuns:\n\n" +
-                                     "\n".join(f"- `{p}`" for p, _ in runs) + "\n")
-    print(text)
-    print(f"\nwrote {root / 'report.md'}")
+    print(write_report(root, runs))
+    print(f"\nwrote {root / 'report.md'}, report.html, pareto.png and curves.png")
