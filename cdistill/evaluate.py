@@ -9,6 +9,7 @@ import torch
 
 from cdistill.metrics import batch_summary
 from cdistill.rollout import generate, generation_config
+from cdistill.runtime import autocast
 from cdistill.scoring import score_rollout
 
 
@@ -22,7 +23,7 @@ def evaluate(comp, cfg, n_problems: int | None = None, with_samples: bool = Fals
     student) is the model that answers; the teacher as policy gives the reference accuracy.
     """
     devices = [torch.cuda.current_device()] if comp.device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), autocast(cfg, comp.device):
         torch.manual_seed(cfg.seed)
         return _evaluate(comp, cfg, n_problems, with_samples, policy or comp.student)
 
@@ -36,9 +37,10 @@ def _evaluate(comp, cfg, n_problems, with_samples, policy):
     for start in range(0, len(problems), ev.batch_size):
         chunk = problems[start : start + ev.batch_size]
         prompts = [comp.task.prompt(p) for p in chunk]
-        greedy = generate(policy, tok, prompts, 1, greedy_cfg, comp.device)
+        special = comp.task.add_special_tokens
+        greedy = generate(policy, tok, prompts, 1, greedy_cfg, comp.device, special)
         greedy_correct = [comp.task.reward(t, p) for t, p in zip(greedy.texts, chunk, strict=True)]
-        sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, comp.device)
+        sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, comp.device, special)
         per_sample = [p for p in chunk for _ in range(ev.samples)]
         scored, extras = score_rollout(sampled, per_sample, comp.task, policy, comp.teacher, cfg.constraint,
                                        cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab, cfg.scoring.micro_batch)

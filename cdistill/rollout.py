@@ -34,11 +34,12 @@ def generation_config(tokenizer, max_new_tokens: int, temperature: float, top_p:
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, prompts: list[str], n_samples: int, gen: GenerationConfig, device="cpu") -> Rollout:
+def generate(model, tokenizer, prompts: list[str], n_samples: int, gen: GenerationConfig, device="cpu",
+             add_special_tokens: bool = True) -> Rollout:
     """``n_samples`` completions per prompt, grouped consecutively (rows g·n … g·n + n − 1 share prompt g)."""
     gen = copy.copy(gen)
     gen.num_return_sequences = n_samples
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens).to(device)
     was_training = model.training
     model.eval()
     out = model.generate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from hydra.utils import to_absolute_path
 
-from cdistill.models import check_same_vocabulary, load_model, load_tokenizer, real_vocab_size
+from cdistill.models import DTYPES, check_same_vocabulary, load_model, load_tokenizer, real_vocab_size
 from cdistill.tasks import Task, build_task
 
 EMBEDDED = "embedded:"
@@ -64,8 +65,19 @@ def build_components(cfg, student_path: str | None = None) -> Components:
     teacher_path = resolve_model_path(cfg.model.teacher.name_or_path, cfg)
     student_path = student_path or resolve_model_path(cfg.model.student.name_or_path, cfg)
     tokenizer = load_tokenizer(teacher_path)
+    task.bind_tokenizer(tokenizer)
     check_same_vocabulary(load_tokenizer(student_path), tokenizer)
     student = load_model(student_path, cfg.model.student.dtype, device)
     teacher = load_model(teacher_path, cfg.model.teacher.dtype, device).eval()
     teacher.requires_grad_(False)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
+
+
+def autocast(cfg, device: str):
+    """Mixed precision for forward passes (``autocast: bfloat16``), or nothing (``autocast: null``)."""
+    name = cfg.get("autocast")
+    if not name:
+        return contextlib.nullcontext()
+    if name not in DTYPES:
+        raise ValueError(f"unknown autocast dtype {name!r}; expected bfloat16, float16 or null")
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=DTYPES[name])

@@ -13,7 +13,7 @@ def sft_batch(tokenizer, pairs: list[tuple[str, str]], device="cpu"):
     """Right-padded input ids, attention mask and labels (−100 on prompt and padding)."""
     rows, labels = [], []
     for prompt, completion in pairs:
-        p = tokenizer(prompt, add_special_tokens=False).input_ids
+        p = tokenizer(prompt).input_ids  # with the special tokens generation prompts get (a BOS, for Llama)
         c = tokenizer(completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         rows.append(p + c)
         labels.append([-100] * len(p) + c)

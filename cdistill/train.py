@@ -20,7 +20,7 @@ from cdistill.metrics import batch_summary
 from cdistill.models import score
 from cdistill.objectives import clipped_policy_loss
 from cdistill.rollout import generate, generation_config
-from cdistill.runtime import build_components, seed_everything
+from cdistill.runtime import autocast, build_components, seed_everything
 from cdistill.scoring import score_rollout
 from cdistill.sft import lr_lambda
 from cdistill.validate import validate
@@ -108,14 +108,17 @@ def train(cfg, run_dir: Path) -> dict:
         t0 = time.time()
         problems = stream.next(cfg.rollout.prompts_per_step)
         k = cfg.rollout.samples_per_prompt
-        rollout = generate(student, tok, [comp.task.prompt(p) for p in problems], k, gen, comp.device)
-        t1 = time.time()
-        per_sample = [p for p in problems for _ in range(k)]
-        scored, extras = score_rollout(rollout, per_sample, comp.task, student, comp.teacher, cfg.constraint,
-                                       cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab, cfg.scoring.micro_batch)
-        t2 = time.time()
-        upd = update(student, opt, sched, method, scored, rollout.seq, cfg, comp.vocab)
-        t3 = time.time()
+        with autocast(cfg, comp.device):
+            rollout = generate(student, tok, [comp.task.prompt(p) for p in problems], k, gen, comp.device,
+                               comp.task.add_special_tokens)
+            t1 = time.time()
+            per_sample = [p for p in problems for _ in range(k)]
+            scored, extras = score_rollout(rollout, per_sample, comp.task, student, comp.teacher, cfg.constraint,
+                                           cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab,
+                                           cfg.scoring.micro_batch)
+            t2 = time.time()
+            upd = update(student, opt, sched, method, scored, rollout.seq, cfg, comp.vocab)
+            t3 = time.time()
         record = {"step": step, **batch_summary(scored, extras), **upd, **method.after_step(scored),
                   "lr": sched.get_last_lr()[0], "time_generate": t1 - t0, "time_score": t2 - t1,
                   "time_update": t3 - t2, "time_step": t3 - t0}

@@ -77,13 +77,31 @@ def load_rows(source: str, split: str, hub_config: str | None = None) -> list[di
 class Task:
     """Train and test problems, the prompt text for a problem, and the reward of a completion."""
 
-    def __init__(self, name: str, train: list[Problem], test: list[Problem], template: str):
+    def __init__(self, name: str, train: list[Problem], test: list[Problem], template: str,
+                 use_chat_template: bool | str = False):
         if not train or not test:
             raise TaskError(f"task {name!r} has an empty split (train {len(train)}, test {len(test)})")
         self.name, self.train, self.test, self.template = name, train, test, template
+        self.use_chat_template = use_chat_template
+        self.chat_tokenizer = None
+        # plain prompts get the tokenizer's special tokens (a BOS for Llama); chat-templated text has them
+        self.add_special_tokens = True
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Use ``tokenizer``'s chat template for prompts when configured (``auto``: when it has one)."""
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if self.use_chat_template is True and not has_template:
+            raise TaskError("task.use_chat_template=true but the tokenizer has no chat template")
+        if self.use_chat_template is True or (self.use_chat_template == "auto" and has_template):
+            self.chat_tokenizer = tokenizer
+            self.add_special_tokens = False
 
     def prompt(self, problem: Problem) -> str:
-        return self.template.format(question=problem.question)
+        text = self.template.format(question=problem.question)
+        if self.chat_tokenizer is None:
+            return text
+        return self.chat_tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
     def reward(self, completion: str, problem: Problem) -> float:
         return grade(completion, problem.gold)
@@ -106,4 +124,4 @@ def build_task(cfg) -> Task:
     test = probs["test"]
     if cfg.n_test and len(test) > cfg.n_test:
         test = random.Random(cfg.seed).sample(test, cfg.n_test)
-    return Task(cfg.name, probs["train"], test, cfg.prompt_template)
+    return Task(cfg.name, probs["train"], test, cfg.prompt_template, cfg.get("use_chat_template", False))
