@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -16,7 +17,8 @@ USAGE = """usage: cdistill <command> [overrides]
 commands:
   train    train a student (Hydra app: cdistill train method=grpo constraint.threshold=3; -m for sweeps)
   eval     evaluate a trained student: cdistill eval run_dir=<run directory>
-  report   table of every run under a sweep or runs directory: cdistill report <dir>
+  judge    pairwise LLM judge of two runs: cdistill judge run_a=<run dir> run_b=<run dir>
+  report   table and plots of every run under a sweep or runs directory: cdistill report <dir>
 """
 
 log = logging.getLogger("cdistill")
@@ -36,13 +38,14 @@ def fail(msg: str, debug: bool = False, exc: BaseException | None = None) -> Non
 
 def guarded(fn):
     """Run ``fn``; known input errors become one line on stderr and exit code 2."""
+    from cdistill.judge import JudgeError
     from cdistill.models import ModelError
     from cdistill.tasks.base import TaskError
 
     def wrapper(cfg: DictConfig):
         try:
             return fn(cfg)
-        except (UserError, TaskError, ModelError, ValueError, FileNotFoundError, OSError) as e:
+        except (UserError, TaskError, ModelError, JudgeError, ValueError, FileNotFoundError, OSError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__, bool(cfg.get("debug", False)), e)
 
     return wrapper
@@ -89,6 +92,28 @@ def _eval(cfg: DictConfig):
     print(f"wrote {out / 'eval.json'} and {out / 'eval_samples.jsonl'}")
 
 
+@guarded
+def _judge(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+    from tqdm.auto import tqdm
+
+    from cdistill.judge import build_judge, judge_runs
+    from cdistill.runtime import pick_device
+
+    judge = build_judge(cfg.judge, pick_device(cfg.device))
+    summary, records = judge_runs(judge, cfg.judge, Path(cfg.run_a), Path(cfg.run_b), cfg.n_problems,
+                                  progress=lambda xs: tqdm(xs, desc="judging", mininterval=2.0))
+    out = Path(HydraConfig.get().runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "judge.json").write_text(json.dumps(summary, indent=2))
+    with (out / "judge_samples.jsonl").open("w") as fh:
+        for r in records:
+            fh.write(json.dumps(r) + "\n")
+    print(f"run_a vs run_b on {summary['n_problems']} problems (both orders): win {summary['win_rate']:.3f}  "
+          f"loss {summary['loss_rate']:.3f}  tie {summary['tie_rate']:.3f}  failed {summary['failed_rate']:.3f}")
+    print(f"wrote {out / 'judge.json'}")
+
+
 def _report(args: list[str]) -> None:
     from cdistill.report import report_main
 
@@ -114,12 +139,12 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     cmd, rest = argv[0], argv[1:]
-    commands = {"train": (_train, "config"), "eval": (_eval, "eval")}
+    commands = {"train": (_train, "config"), "eval": (_eval, "eval"), "judge": (_judge, "judge_run")}
     if cmd == "report":
         _report(rest)
         return
     if cmd not in commands:
-        fail(f"unknown command {cmd!r}; expected one of train, eval, report")
+        fail(f"unknown command {cmd!r}; expected one of train, eval, judge, report")
     fn, config_name = commands[cmd]
     quiet_libraries()
     sys.argv = [f"cdistill {cmd}", *rest]

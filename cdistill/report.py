@@ -24,19 +24,32 @@ COLUMNS = [
     ("acc (sampled)", "accuracy_sampled", "{:.3f}"), ("acc (greedy)", "accuracy_greedy", "{:.3f}"),
     ("div mean", "divergence_mean", "{:.2f}"), ("div p90", "divergence_p90", "{:.2f}"),
     ("satisfied", "satisfaction_rate", "{:.3f}"), ("success", "success_rate", "{:.3f}"),
-    ("steps", "steps", "{}"), ("seconds", "train_seconds", "{:.0f}"),
+    ("judge win/loss/tie", "judge", "{}"), ("steps", "steps", "{}"), ("seconds", "train_seconds", "{:.0f}"),
 ]
 CURVES = [("reward", "task reward (samples)"), ("divergence_mean", "mean C(y)"),
           ("satisfaction_rate", "satisfaction rate"), ("lambda", "λ (lagrangian)")]
+
+
+def latest_judgement(run_dir: Path) -> str | None:
+    """'win/loss/tie' of the run's newest ``cdistill judge`` against its reference, if it was judged."""
+    found = sorted((run_dir / "judge").glob("*/judge.json"))
+    if not found:
+        return None
+    j = json.loads(found[-1].read_text())
+    text = f"{j['win_rate']:.2f}/{j['loss_rate']:.2f}/{j['tie_rate']:.2f} vs {Path(j['run_b']).name}"
+    return text + (f" ({j['failed_rate']:.2f} failed)" if j.get("failed_rate") else "")
 
 
 def collect(root: Path) -> list[tuple[Path, dict]]:
     runs = []
     for path in sorted(root.rglob("summary.json")):
         try:
-            runs.append((path.parent, json.loads(path.read_text())))
+            summary = json.loads(path.read_text())
         except json.JSONDecodeError:
             print(f"cdistill report: skipping unreadable {path}", file=sys.stderr)
+            continue
+        summary["judge"] = latest_judgement(path.parent)
+        runs.append((path.parent, summary))
     return sorted(runs, key=lambda r: (r[1].get("method", ""), r[1].get("threshold", 0)))
 
 
