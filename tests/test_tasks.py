@@ -110,3 +110,11 @@ def test_dataset_without_expected_fields_is_a_clear_error(tmp_path):
     p.write_text(json.dumps({"q": "x", "a": "#### 1"}) + "\n")
     with pytest.raises(TaskError, match="no field"):
         build_task(task_cfg("gsm8k", f"task.source={p}"))
+
+
+def test_a_pathological_answer_times_out_instead_of_hanging():
+    import time
+
+    t = time.time()
+    assert answers_match("10^{10^{10^{10^{10}}}} - 10^{10^{10^{10^{10}}}}", "1", timeout_seconds=1) is False
+    assert time.time() - t < 20
