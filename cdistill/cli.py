@@ -59,6 +59,8 @@ def _train(cfg: DictConfig):
     from cdistill.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if (run_dir / "summary.json").is_file() and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
     summary = train(cfg, run_dir)
     print(f"\n[{summary['method']} d={summary['threshold']}] {run_dir}")
     print(format_report(summary))
