@@ -122,6 +122,18 @@ def _report(args: list[str]) -> None:
     report_main(args)
 
 
+def refuse_finished_run_dir(overrides: list[str]) -> None:
+    """Check an explicit ``hydra.run.dir=`` before Hydra starts: Hydra rewrites the directory's ``.hydra/``
+    record before our code runs, which would already overwrite the finished run's recorded command."""
+    if "overwrite=true" in overrides or any(o in ("-m", "--multirun") for o in overrides):
+        return
+    for o in overrides:
+        if o.startswith("hydra.run.dir="):
+            run_dir = Path(o.split("=", 1)[1])
+            if (run_dir / "summary.json").is_file():
+                fail(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
+
+
 def quiet_libraries() -> None:
     """Per-step progress bars and advice from transformers drown the run's own progress output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -148,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     if cmd not in commands:
         fail(f"unknown command {cmd!r}; expected one of train, eval, judge, report")
     fn, config_name = commands[cmd]
+    if cmd == "train":
+        refuse_finished_run_dir(rest)
     quiet_libraries()
     sys.argv = [f"cdistill {cmd}", *rest]
     _hydra(fn, config_name)()

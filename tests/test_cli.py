@@ -30,10 +30,10 @@ def test_train_then_eval_then_report(tmp_path):
     assert evaluated["divergence_mean"] == trained["divergence_mean"]
     assert f"{trained['satisfaction_rate']:.3f}" in r.stdout
 
-    before = (run / "summary.json").read_text()
+    before = [(run / p).read_text() for p in ("summary.json", ".hydra/overrides.yaml")]
     r = cdistill("train", *TINY, f"paths.cache={tmp_path / 'cache'}", f"hydra.run.dir={run}")
     assert r.returncode == 2 and "already holds a finished run" in r.stderr
-    assert (run / "summary.json").read_text() == before
+    assert [(run / p).read_text() for p in ("summary.json", ".hydra/overrides.yaml")] == before
 
     r = cdistill("report", str(tmp_path / "runs"))
     assert r.returncode == 0, r.stderr
