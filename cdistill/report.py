@@ -72,22 +72,40 @@ def table(runs: list[tuple[Path, dict]]) -> str:
     return "\n".join([head, sep, *body])
 
 
-def plot_pareto(runs, out: Path) -> None:
+MARKERS = "osD^vP*X"
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_pareto(runs, out: Path) -> None:
+    """Accuracy against mean divergence: one marked curve per method, each point labelled by its budget.
+
+    Methods whose training ignores the budget (grpo, soft_penalty) give the same point at every d: such
+    coinciding points get one label listing their thresholds, and each method its own marker, so that a
+    point hidden under another method's stays visible.
+    """
+    plt = _pyplot()
     by_method = defaultdict(list)
     for _, s in runs:
         by_method[s["method"]].append(s)
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for method, ss in sorted(by_method.items()):
-        ss = sorted(ss, key=lambda s: s["divergence_mean"])
-        ax.plot([s["divergence_mean"] for s in ss], [s["accuracy_sampled"] for s in ss], marker="o", label=method)
+    fig, ax = plt.subplots(figsize=(6.8, 4.8))
+    for i, (method, ss) in enumerate(sorted(by_method.items())):
+        ss = sorted(ss, key=lambda s: (s["divergence_mean"], s["threshold"]))
+        ax.plot([s["divergence_mean"] for s in ss], [s["accuracy_sampled"] for s in ss], marker=MARKERS[i % 8],
+                markersize=9 - i, fillstyle="none" if i % 2 else "full", label=method, alpha=0.85)
+        points = defaultdict(list)
         for s in ss:
-            ax.annotate(f"d={s['threshold']:g}", (s["divergence_mean"], s["accuracy_sampled"]), fontsize=7,
-                        textcoords="offset points", xytext=(4, 4))
+            points[(round(s["divergence_mean"], 6), round(s["accuracy_sampled"], 6))].append(f"{s['threshold']:g}")
+        for (x, y), ds in points.items():
+            ax.annotate("d=" + ",".join(ds), (x, y), fontsize=7, textcoords="offset points",
+                        xytext=(5, 4 - 9 * (i % 2)))
     starts = [s for _, s in runs if s.get("start_accuracy_sampled") is not None]
     if starts:
         ax.axhline(starts[0]["start_accuracy_sampled"], color="grey", ls=":", lw=1, label="student before RL")
@@ -102,29 +120,30 @@ def plot_pareto(runs, out: Path) -> None:
 
 
 def plot_curves(runs, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Training curves, one colour per run across all panels."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab20")
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    handles = {}
     for (key, title), ax in zip(CURVES, axes.flat, strict=True):
         drawn = False
-        for run_dir, s in runs:
+        for i, (run_dir, s) in enumerate(runs):
             rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get(key) is not None and "reward" in r]
             if rows:
                 drawn = True
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1,
-                        label=f"{s['method']} d={s['threshold']:g}")
+                label = f"{s['method']} d={s['threshold']:g}"
+                (line,) = ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1, color=cmap(i % 20),
+                                  label=label)
+                handles.setdefault(label, line)
         if not drawn:
             ax.text(0.5, 0.5, "no run logs this", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("step")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, max(1, len(handles))),
+               fontsize=7)
+    fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(handles) // 4), 1, 1))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
