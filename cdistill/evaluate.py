@@ -33,7 +33,7 @@ def _evaluate(comp, cfg, n_problems, with_samples, policy):
     tok, ev = comp.tokenizer, cfg.eval
     sampled_cfg = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     greedy_cfg = generation_config(tok, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
-    summaries, records, weights, values = [], [], [], []
+    summaries, records, weights, tokens, values = [], [], [], [], []
     for start in range(0, len(problems), ev.batch_size):
         chunk = problems[start : start + ev.batch_size]
         prompts = [comp.task.prompt(p) for p in chunk]
@@ -48,6 +48,7 @@ def _evaluate(comp, cfg, n_problems, with_samples, policy):
         s["accuracy_greedy"] = sum(greedy_correct) / len(chunk)
         summaries.append(s)
         weights.append(len(chunk))
+        tokens.append(int(scored.mask.sum()))
         values.append(scored.stats.value)
         if with_samples:
             for i, p in enumerate(chunk):
@@ -60,8 +61,15 @@ def _evaluate(comp, cfg, n_problems, with_samples, policy):
                         "divergence": float(scored.stats.value[r]), "satisfied": bool(scored.stats.satisfied[r]),
                     } for r in rows],
                 })
-    total = sum(weights)
-    report = {k: sum(s[k] * w for s, w in zip(summaries, weights, strict=True)) / total for k in summaries[0]}
+    # chunks hold equal numbers of samples per problem: per-sample rates average by problems, per-token
+    # means by generated tokens, maxima by max
+    def pool(key: str) -> float:
+        if key == "length_max":
+            return max(s[key] for s in summaries)
+        w = tokens if key in PER_TOKEN else weights
+        return sum(s[key] * x for s, x in zip(summaries, w, strict=True)) / max(1, sum(w))
+
+    report = {k: pool(k) for k in summaries[0]}
     # medians and p90s do not average across chunks: recompute them from every sample's value
     values = torch.cat(values).double()
     report["divergence_median"] = float(torch.quantile(values, 0.5))
@@ -70,6 +78,9 @@ def _evaluate(comp, cfg, n_problems, with_samples, policy):
     report.update(n_problems=len(problems), samples_per_problem=ev.samples, threshold=cfg.constraint.threshold,
                   cost=cfg.constraint.cost, kind=cfg.constraint.kind)
     return report, records
+
+
+PER_TOKEN = ("sampled_kl_per_token", "entropy")
 
 
 def write_eval(out_dir: Path, report: dict, records: list[dict]) -> None:
