@@ -1,9 +1,8 @@
-"""``cdistill <command> [hydra overrides]``: train, eval and report from one entry point."""
+"""``cdistill <command> [hydra overrides]``: train, eval, judge and report from one entry point."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -21,9 +20,6 @@ commands:
   report   table and plots of every run under a sweep or runs directory: cdistill report <dir>
 """
 
-log = logging.getLogger("cdistill")
-
-
 class UserError(Exception):
     """A problem with the user's input: reported in one line, exit code 2."""
 
@@ -38,11 +34,13 @@ def fail(msg: str, debug: bool = False, exc: BaseException | None = None) -> Non
 
 def guarded(fn):
     """Run ``fn``; known input errors become one line on stderr and exit code 2."""
-    from cdistill.judge import JudgeError
-    from cdistill.models import ModelError
-    from cdistill.tasks.base import TaskError
 
     def wrapper(cfg: DictConfig):
+        # imported here: `cdistill --help` and `cdistill report` should not pay for transformers
+        from cdistill.judge import JudgeError
+        from cdistill.models import ModelError
+        from cdistill.tasks.base import TaskError
+
         try:
             return fn(cfg)
         except (UserError, TaskError, ModelError, JudgeError, ValueError, FileNotFoundError, OSError) as e:
