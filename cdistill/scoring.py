@@ -15,6 +15,7 @@ from cdistill.rollout import Rollout
 
 
 def costs_for(name: str, s_logp, t_logp, s_hidden, t_hidden, s_weight, t_weight, mask, chunk, vocab, temperature):
+    """Per-token costs [B, T]; differentiable in the student's log-probs / hidden states / weight if they are."""
     if name == "logratio":
         return logratio_cost(s_logp, t_logp, mask)
     if name == "teacher_nll":
@@ -36,13 +37,13 @@ def score_rollout(rollout: Rollout, problems, task, student, teacher, constraint
         t_logp, _, t_h = score(teacher, mb, 1.0, chunk, vocab)
         c = costs_for(constraint.cost, s_logp, t_logp, s_h, t_h, student.get_output_embeddings().weight,
                       teacher.get_output_embeddings().weight, mb.completion_mask, chunk, vocab, temperature)
-        parts.append((s_logp, t_logp, c, s_ent))
-    s_logp, t_logp, costs, entropy = (torch.cat(x) for x in zip(*parts, strict=True))
+        parts.append((s_logp, t_logp, c, s_ent, t_h))
+    s_logp, t_logp, costs, entropy, t_hidden = (torch.cat(x) for x in zip(*parts, strict=True))
     mask = seq.completion_mask
     reward = torch.tensor([task.reward(t, p) for t, p in zip(rollout.texts, problems, strict=True)],
                           device=mask.device)
     stats = constraint_stats(costs, mask, constraint.threshold, constraint.kind)
     scored = Scored(mask=mask, task_reward=reward, old_logp=s_logp, teacher_logp=t_logp, costs=costs, stats=stats,
-                    group_size=rollout.group_size)
+                    group_size=rollout.group_size, teacher_hidden=t_hidden if constraint.cost == "token_kl" else None)
     extras = {"entropy": entropy, "sampled_kl": logratio_cost(s_logp, t_logp, mask)}
     return scored, extras

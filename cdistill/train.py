@@ -21,7 +21,7 @@ from cdistill.models import score
 from cdistill.objectives import clipped_policy_loss
 from cdistill.rollout import generate, generation_config
 from cdistill.runtime import autocast, build_components, seed_everything
-from cdistill.scoring import score_rollout
+from cdistill.scoring import costs_for, score_rollout
 from cdistill.sft import lr_lambda
 from cdistill.validate import validate
 
@@ -44,7 +44,7 @@ class PromptStream:
         return out
 
 
-def update(student, opt, sched, method, scored, seq, cfg, vocab):
+def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab):
     """One optimiser step per inner epoch, gradients accumulated over micro-batches of completions."""
     o = cfg.optim
     adv = method.advantages(scored)
@@ -55,10 +55,16 @@ def update(student, opt, sched, method, scored, seq, cfg, vocab):
         opt.zero_grad(set_to_none=True)
         for start in range(0, n, o.micro_batch):
             rows = torch.arange(start, min(n, start + o.micro_batch), device=adv.device)
-            logp, _, _ = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk, vocab)
+            logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk, vocab)
             loss, st = clipped_policy_loss(logp, scored.old_logp[rows], adv[rows], scored.mask[rows],
                                            o.clip_low, o.clip_high, denom)
-            extra = method.extra_loss(scored, rows, logp, denom)
+            cost = None
+            if method.wants_cost_gradient:
+                t_hidden = None if scored.teacher_hidden is None else scored.teacher_hidden[rows]
+                cost = costs_for(cfg.constraint.cost, logp, scored.teacher_logp[rows], hidden, t_hidden,
+                                 student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
+                                 scored.mask[rows], cfg.scoring.chunk, vocab, cfg.rollout.temperature)
+            extra = method.extra_loss(scored, rows, cost, denom)
             total = loss if extra is None else loss + extra
             total.backward()
             stats["loss"] += float(total.detach()) / o.inner_epochs
@@ -117,7 +123,7 @@ def train(cfg, run_dir: Path) -> dict:
                                            cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab,
                                            cfg.scoring.micro_batch)
             t2 = time.time()
-            upd = update(student, opt, sched, method, scored, rollout.seq, cfg, comp.vocab)
+            upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab)
             t3 = time.time()
         record = {"step": step, **batch_summary(scored, extras), **upd, **method.after_step(scored),
                   "lr": sched.get_last_lr()[0], "time_generate": t1 - t0, "time_score": t2 - t1,

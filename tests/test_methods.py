@@ -45,10 +45,11 @@ def test_cmdp_direct_gradient_is_the_logratio_cost_after_the_violation_only():
     b = scored_batch(threshold=0.8)
     assert (b.stats.violation_step >= 0).any()
     m = method("cmdp", penalty=2.0, informative=True, direct_gradient=1.0)
+    assert m.wants_cost_gradient
     logp = b.old_logp.clone().requires_grad_(True)
     rows = torch.arange(4)
     denom = b.mask.sum()
-    m.extra_loss(b, rows, logp, denom).backward()
+    m.extra_loss(b, rows, logratio_cost(logp, b.teacher_logp, b.mask), denom).backward()
     pos = torch.arange(5).expand(4, 5)
     after = (pos > b.stats.violation_step[:, None]) & (b.stats.violation_step[:, None] >= 0) & b.mask
     torch.testing.assert_close(logp.grad, after.float() / denom)
@@ -65,7 +66,8 @@ def test_cmdp_has_no_direct_term_when_off_or_when_the_cost_does_not_depend_on_th
     b = scored_batch(threshold=0.8)
     constraint = OmegaConf.create({"cost": cost, "kind": "sum", "threshold": 0.8})
     m = build_method(OmegaConf.create({"name": "cmdp", "penalty": 1.0, **cfg}), constraint, OPTIM)
-    assert m.extra_loss(b, torch.arange(4), b.old_logp.clone().requires_grad_(True), b.mask.sum()) is None
+    assert not m.wants_cost_gradient
+    assert m.extra_loss(b, torch.arange(4), b.costs, b.mask.sum()) is None
 
 
 def test_cmdp_with_a_large_penalty_ranks_every_violating_sample_below_every_satisfying_one():

@@ -39,6 +39,21 @@ def test_each_method_trains_a_few_steps_and_writes_its_outputs(tmp_path, cache, 
     assert summary["steps"] == 2 and 0.0 <= summary["satisfaction_rate"] <= 1.0
 
 
+@pytest.mark.parametrize(("cost", "kind"), [("token_kl", "sum"), ("teacher_nll", "prefix_mean"), ("logratio", "mean")])
+def test_cmdp_trains_with_every_cost_and_kind(tmp_path, cache, cost, kind):
+    # a low budget so that completions violate and the informative / direct-gradient terms are exercised
+    cfg = tiny_cfg(tmp_path, "method=cmdp", f"constraint.cost={cost}", f"constraint.kind={kind}",
+                   "constraint.threshold=0.5", "eval.at_start=false", "scoring.chunk=7", cache=cache)
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = train(cfg, run)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    assert len(steps) == 2 and all(s["loss"] == s["loss"] for s in steps)
+    if cost == "token_kl":  # violations everywhere: the direct KL gradient must reach the student
+        assert all(s["absorbed_rate"] > 0 and s["grad_norm"] > 0 for s in steps)
+    assert summary["cost"] == cost and summary["kind"] == kind
+
+
 def test_training_changes_the_student_weights(tmp_path, cache):
     # the tiny student is never right, so the cost term is what moves it
     cfg = tiny_cfg(tmp_path, "method=soft_penalty", "method.penalty=1", "optim.lr=0.01", "eval.at_start=false",

@@ -25,6 +25,7 @@ class Scored:
     costs: torch.Tensor  # [B, T] c_t under constraint.cost
     stats: ConstraintStats
     group_size: int
+    teacher_hidden: torch.Tensor | None = None  # [B, T, H], kept only when the cost needs it (token_kl)
 
 
 class Method:
@@ -42,8 +43,14 @@ class Method:
     def advantages(self, b: Scored) -> torch.Tensor:
         raise NotImplementedError
 
-    def extra_loss(self, b: Scored, rows: torch.Tensor, logp: torch.Tensor, denom: torch.Tensor):
-        """A differentiable term added to the policy loss for the micro-batch ``rows``, or None."""
+    # set by methods whose extra term needs the per-token cost with its gradient (the loop then computes it)
+    wants_cost_gradient = False
+
+    def extra_loss(self, b: Scored, rows: torch.Tensor, cost: torch.Tensor | None, denom: torch.Tensor):
+        """A differentiable term added to the policy loss for the micro-batch ``rows``, or None.
+
+        ``cost`` is c_t for those rows recomputed with the student's gradient (when ``wants_cost_gradient``).
+        """
         return None
 
     def after_step(self, b: Scored) -> dict[str, float]:

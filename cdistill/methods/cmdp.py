@@ -18,13 +18,17 @@ class CMDP(Method):
         rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
         return self.normalize(rewards, b.mask, b.group_size)
 
-    def extra_loss(self, b: Scored, rows, logp, denom):
-        # The informative reward −c_t depends on θ when c_t = log π_θ − log π_T: besides its score-function
-        # part (in the advantages) it has a direct part, ∇θ of Σ_{t>τ} c_t, which this term supplies.
-        if not (self.cfg.informative and self.cfg.direct_gradient and self.constraint.cost == "logratio"):
+    @property
+    def wants_cost_gradient(self) -> bool:
+        # The informative reward −c_t depends on θ for logratio and token_kl costs: besides its
+        # score-function part (in the advantages) it has a direct part, ∇θ Σ_{t>τ} c_t, which this term adds.
+        depends_on_student = self.constraint.cost in ("logratio", "token_kl")
+        return bool(self.cfg.informative and self.cfg.direct_gradient and depends_on_student)
+
+    def extra_loss(self, b: Scored, rows, cost, denom):
+        if not self.wants_cost_gradient:
             return None
-        where = after_violation(b.stats)[rows]
-        return self.cfg.direct_gradient * token_mean(logp - b.teacher_logp[rows], where, denom)
+        return self.cfg.direct_gradient * token_mean(cost, after_violation(b.stats)[rows], denom)
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}
