@@ -108,6 +108,10 @@ def train(cfg, run_dir: Path) -> dict:
         start_report = run_eval(0, final=False)
         teacher_report, _ = evaluate(comp, cfg, policy=comp.teacher)
         log.info("before training: %s", format_report(start_report))
+    # Re-seed at the start of the loop: set-up (building or loading models, the first from_pretrained of a
+    # process, evaluations) draws from the global RNGs differently in a fresh process, a later job of a
+    # multirun, or with a cold cache; the RL run itself must depend on the seed alone.
+    seed_everything(cfg.seed)
     t_start = time.time()
     bar = tqdm(range(1, steps + 1), desc=f"{method.name}", disable=not cfg.logging.progress, mininterval=1.0)
     for step in bar:

@@ -111,3 +111,16 @@ def test_embedded_cache_is_reused_and_rebuilt_when_its_recipe_changes(tmp_path, 
     second = embedded.ensure_built(cfg.model.embedded, cfg.task, cache, "student")
     assert second != first and calls == [1]
     assert not list(cache.glob(".building-*"))
+
+
+def test_a_run_depends_on_its_seed_alone_not_on_what_ran_before_in_the_process(tmp_path, cache):
+    # a multirun runs its jobs in one process; the second job must equal the same job run first
+    cfg = tiny_cfg(tmp_path, "method=cmdp", "constraint.threshold=3", cache=cache)
+    results = []
+    for i in range(2):
+        run = tmp_path / f"run{i}"
+        run.mkdir()
+        train(cfg, run)
+        results.append([line for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line])
+    strip = [[{k: v for k, v in json.loads(r).items() if not k.startswith("time_")} for r in rs] for rs in results]
+    assert strip[0] == strip[1]
