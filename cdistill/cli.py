@@ -24,12 +24,12 @@ class UserError(Exception):
     """A problem with the user's input: reported in one line, exit code 2."""
 
 
-def fail(msg: str, debug: bool = False, exc: BaseException | None = None) -> None:
+def fail(msg: str, debug: bool = False, exc: BaseException | None = None, code: int = 2) -> None:
     if debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
         if exc is not None:
             raise exc
     print(f"cdistill: error: {msg}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def guarded(fn):
@@ -39,12 +39,17 @@ def guarded(fn):
         # imported here: `cdistill --help` and `cdistill report` should not pay for transformers
         from cdistill.judge import JudgeError
         from cdistill.models import ModelError
+        from cdistill.runtime import ResourceError
         from cdistill.tasks.base import TaskError
+        from cdistill.train import TrainingError
 
+        debug = bool(cfg.get("debug", False))
         try:
             return fn(cfg)
         except (UserError, TaskError, ModelError, JudgeError, ValueError, FileNotFoundError, OSError) as e:
-            fail(str(e).splitlines()[0] if str(e) else type(e).__name__, bool(cfg.get("debug", False)), e)
+            fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)
+        except (TrainingError, ResourceError) as e:  # not the input's fault: exit 1, still one line
+            fail(str(e).splitlines()[0], debug, e, code=1)
 
     return wrapper
 
@@ -59,6 +64,8 @@ def _train(cfg: DictConfig):
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if (run_dir / "summary.json").is_file() and not cfg.overwrite:
         raise UserError(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
+    if (run_dir / "metrics.jsonl").is_file() and not cfg.overwrite and not cfg.resume:
+        raise UserError(f"{run_dir} holds an unfinished run; resume=auto continues it, overwrite=true starts it over")
     summary = train(cfg, run_dir)
     print(f"\n[{summary['method']} d={summary['threshold']}] {run_dir}")
     print(format_report(summary))
@@ -120,16 +127,37 @@ def _report(args: list[str]) -> None:
     report_main(args)
 
 
-def refuse_finished_run_dir(overrides: list[str]) -> None:
+def check_run_dir(overrides: list[str]) -> None:
     """Check an explicit ``hydra.run.dir=`` before Hydra starts: Hydra rewrites the directory's ``.hydra/``
-    record before our code runs, which would already overwrite the finished run's recorded command."""
-    if "overwrite=true" in overrides or any(o in ("-m", "--multirun") for o in overrides):
+    record before our code runs, which would already overwrite the finished run's recorded command, and it
+    fails with a traceback on a directory it cannot create."""
+    if any(o in ("-m", "--multirun") for o in overrides):
         return
     for o in overrides:
         if o.startswith("hydra.run.dir="):
             run_dir = Path(o.split("=", 1)[1])
-            if (run_dir / "summary.json").is_file():
+            if (run_dir / "summary.json").is_file() and "overwrite=true" not in overrides:
                 fail(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
+            existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
+            if not existing.is_dir():
+                fail(f"output directory {run_dir} cannot be created: {existing} is a file")
+            if not os.access(existing, os.W_OK):
+                fail(f"output directory {run_dir} is not writable")
+
+
+GROUPS = ("method", "model", "task", "exp")
+
+
+def check_groups(overrides: list[str]) -> None:
+    """``method=bogus``: one line naming the choices, instead of Hydra's multi-line composition error."""
+    for o in overrides:
+        key, sep, value = o.lstrip("+~").partition("=")
+        if not sep or key not in GROUPS or "(" in value:  # sweep functions (choice(...), range(...)) pass
+            continue
+        available = sorted(p.stem for p in (Path(CONF_DIR) / key).glob("*.yaml"))
+        for v in value.split(","):
+            if v not in available:
+                fail(f"unknown {key} {v!r}; available: {', '.join(available)}")
 
 
 def quiet_libraries() -> None:
@@ -159,7 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(f"unknown command {cmd!r}; expected one of train, eval, judge, report")
     fn, config_name = commands[cmd]
     if cmd == "train":
-        refuse_finished_run_dir(rest)
+        check_groups(rest)
+        check_run_dir(rest)
     quiet_libraries()
     sys.argv = [f"cdistill {cmd}", *rest]
     _hydra(fn, config_name)()

@@ -11,6 +11,7 @@ from cdistill.metrics import batch_summary
 from cdistill.rollout import generate, generation_config
 from cdistill.runtime import autocast
 from cdistill.scoring import score_rollout
+from cdistill.sources import budget_tracking
 
 
 def evaluate(comp, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
@@ -33,14 +34,15 @@ def _evaluate(comp, cfg, n_problems, with_samples, policy):
     tok, ev = comp.tokenizer, cfg.eval
     sampled_cfg = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     greedy_cfg = generation_config(tok, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
+    track = budget_tracking(comp, cfg)  # used only by a budget-conditioned (saute) student
     summaries, records, weights, tokens, values = [], [], [], [], []
     for start in range(0, len(problems), ev.batch_size):
         chunk = problems[start : start + ev.batch_size]
         prompts = [comp.task.prompt(p) for p in chunk]
         special = comp.task.add_special_tokens
-        greedy = generate(policy, tok, prompts, 1, greedy_cfg, comp.device, special)
+        greedy = generate(policy, tok, prompts, 1, greedy_cfg, comp.device, special, track)
         greedy_correct = [comp.task.reward(t, p) for t, p in zip(greedy.texts, chunk, strict=True)]
-        sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, comp.device, special)
+        sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, comp.device, special, track)
         per_sample = [p for p in chunk for _ in range(ev.samples)]
         scored, extras = score_rollout(sampled, per_sample, comp.task, policy, comp.teacher, cfg.constraint,
                                        cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab, cfg.scoring.micro_batch)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import uuid
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, cfg):
+    def __init__(self, run_dir: Path, cfg, resume: bool = False):
         self.path = run_dir / "metrics.jsonl"
         self.run = None
         wb = cfg.logging.wandb
@@ -19,9 +20,14 @@ class MetricsLogger:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
+            # one wandb run per run directory: a resumed run continues the same wandb run
+            id_file = run_dir / "wandb_run_id"
+            run_id = id_file.read_text().strip() if resume and id_file.is_file() else uuid.uuid4().hex[:12]
+            id_file.write_text(run_id)
             self.run = wandb.init(
                 project=wb.project, entity=wb.entity, mode=wb.mode, dir=str(run_dir), name=run_dir.name,
-                config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous",
+                config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous", id=run_id,
+                resume="allow",
             )
 
     def log(self, record: dict) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cdistill.budget import embed, has_budget_input
 from cdistill.objectives.chunking import token_logprob_and_entropy
 
 
@@ -58,26 +59,39 @@ class Sequences:
     prompt_len: int
     completion_ids: torch.Tensor  # [B, T]
     completion_mask: torch.Tensor  # [B, T] bool
+    budget: torch.Tensor | None = None  # [B, P + T] z_t / d fed at each input position (``saute`` rollouts)
 
     @staticmethod
-    def build(prompt_ids, prompt_mask, completion_ids, completion_mask) -> Sequences:
+    def build(prompt_ids, prompt_mask, completion_ids, completion_mask, budget=None) -> Sequences:
         attn = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
         # positions as generate() assigns them under left padding; a mismatch would bias every log-prob
         pos = (attn.cumsum(1) - 1).clamp(min=0)
         return Sequences(
             torch.cat([prompt_ids, completion_ids], dim=1), attn, pos, prompt_ids.shape[1],
-            completion_ids, completion_mask.bool(),
+            completion_ids, completion_mask.bool(), budget,
         )
+
+    def for_autograd(self) -> Sequences:
+        """A copy whose tensors autograd may save: generation runs under inference_mode, and its tensors
+        cannot take part in a differentiated forward."""
+        return Sequences(*(x.clone() if isinstance(x, torch.Tensor) else x for x in vars(self).values()))
 
     def select(self, rows: torch.Tensor | slice) -> Sequences:
         return Sequences(self.input_ids[rows], self.attention_mask[rows], self.position_ids[rows], self.prompt_len,
-                         self.completion_ids[rows], self.completion_mask[rows])
+                         self.completion_ids[rows], self.completion_mask[rows],
+                         None if self.budget is None else self.budget[rows])
 
 
 def completion_hidden(model, seq: Sequences) -> torch.Tensor:
-    """Final hidden states [B, T, H] at the positions that predict each completion token."""
+    """Final hidden states [B, T, H] at the positions that predict each completion token.
+
+    A budget-conditioned student (``saute``) sees the budget recorded when the completion was sampled.
+    """
+    inputs = {"input_ids": seq.input_ids}
+    if seq.budget is not None and has_budget_input(model):
+        inputs = {"inputs_embeds": embed(model, seq.input_ids, seq.budget)}
     out = model.get_decoder()(
-        input_ids=seq.input_ids, attention_mask=seq.attention_mask, position_ids=seq.position_ids, use_cache=False
+        **inputs, attention_mask=seq.attention_mask, position_ids=seq.position_ids, use_cache=False
     )
     h = out.last_hidden_state
     t = seq.completion_ids.shape[1]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from hydra.utils import to_absolute_path
 
+from cdistill.budget import load_if_present
 from cdistill.models import DTYPES, check_same_vocabulary, load_model, load_tokenizer, real_vocab_size
 from cdistill.tasks import Task, build_task
 
@@ -68,6 +69,7 @@ def build_components(cfg, student_path: str | None = None) -> Components:
     task.bind_tokenizer(tokenizer)
     check_same_vocabulary(load_tokenizer(student_path), tokenizer)
     student = load_model(student_path, cfg.model.student.dtype, device)
+    load_if_present(student, student_path)  # a saute student's budget input
     teacher = load_model(teacher_path, cfg.model.teacher.dtype, device).eval()
     teacher.requires_grad_(False)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
@@ -81,3 +83,16 @@ def autocast(cfg, device: str):
     if name not in DTYPES:
         raise ValueError(f"unknown autocast dtype {name!r}; expected bfloat16, float16 or null")
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=DTYPES[name])
+
+
+class ResourceError(RuntimeError):
+    """The hardware ran out (GPU memory): the message names the knob that fixes it."""
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(what: str, remedy: str):
+    """Turn an out-of-memory error inside the block into one line that says what ran out and what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        raise ResourceError(f"{what} ran out of GPU memory ({str(e).splitlines()[0][:120]}); {remedy}") from e

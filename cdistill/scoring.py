@@ -6,12 +6,15 @@ eval`` is computed by exactly the code that shaped the training reward.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from cdistill.methods.base import Scored
 from cdistill.models import score
 from cdistill.objectives import constraint_stats, logratio_cost, teacher_nll_cost, token_kl_cost
 from cdistill.rollout import Rollout
+from cdistill.runtime import out_of_memory_hint
 
 
 def costs_for(name: str, s_logp, t_logp, s_hidden, t_hidden, s_weight, t_weight, mask, chunk, vocab, temperature):
@@ -25,20 +28,53 @@ def costs_for(name: str, s_logp, t_logp, s_hidden, t_hidden, s_weight, t_weight,
     raise ValueError(f"unknown constraint.cost {name!r}; expected logratio, token_kl or teacher_nll")
 
 
+@dataclass
+class Live:
+    """One micro-batch re-scored with the student's gradient: what methods' differentiable terms use."""
+
+    rows: torch.Tensor  # indices of the micro-batch in the scored batch
+    logp: torch.Tensor  # [b, T] student log-probs (at the rollout temperature), with grad
+    hidden: torch.Tensor  # [b, T, H] student final hidden states, with grad
+    mask: torch.Tensor  # [b, T]
+    teacher_logp: torch.Tensor  # [b, T]
+    teacher_hidden: torch.Tensor | None  # [b, T, H] when the scoring kept them
+    student_weight: torch.Tensor
+    teacher_weight: torch.Tensor
+    chunk: int
+    vocab: int
+    temperature: float
+
+    def cost(self, name: str) -> torch.Tensor:
+        """c_t under the cost ``name``, differentiable in the student where it depends on it."""
+        return costs_for(name, self.logp, self.teacher_logp, self.hidden, self.teacher_hidden, self.student_weight,
+                         self.teacher_weight, self.mask, self.chunk, self.vocab, self.temperature)
+
+
 @torch.inference_mode()
 def score_rollout(rollout: Rollout, problems, task, student, teacher, constraint, temperature: float,
-                  chunk: int, vocab: int, micro_batch: int) -> tuple[Scored, dict[str, torch.Tensor]]:
-    """Score every completion of ``rollout`` (``problems`` holds one entry per completion)."""
+                  chunk: int, vocab: int, micro_batch: int, keep_teacher_hidden: bool = False,
+                  student_scores=None) -> tuple[Scored, dict[str, torch.Tensor]]:
+    """Score every completion of ``rollout`` (``problems`` holds one entry per completion).
+
+    The teacher's [B, T, H] hidden states are kept for full-vocabulary terms of the update (the token_kl
+    cost's direct gradient, ``gkd``, ``weakest_link``) when ``keep_teacher_hidden`` or the cost needs them.
+    """
     seq = rollout.seq
     parts, teacher_hidden = [], []
     for start in range(0, seq.input_ids.shape[0], micro_batch):
         mb = seq.select(slice(start, start + micro_batch))
-        s_logp, s_ent, s_h = score(student, mb, temperature, chunk, vocab)
-        t_logp, _, t_h = score(teacher, mb, 1.0, chunk, vocab)
+        if student_scores is None:
+            s_logp, s_ent, s_h = score(student, mb, temperature, chunk, vocab)
+        else:
+            s_logp, s_ent, s_h = (x[start : start + micro_batch] for x in student_scores)
+        with out_of_memory_hint(f"the teacher forward on {mb.input_ids.shape[0]} sequences of {mb.input_ids.shape[1]} "
+                                "tokens", "lower scoring.micro_batch or scoring.chunk, or load the teacher in "
+                                "bfloat16 (model.teacher.dtype=bfloat16)"):
+            t_logp, _, t_h = score(teacher, mb, 1.0, chunk, vocab)
         c = costs_for(constraint.cost, s_logp, t_logp, s_h, t_h, student.get_output_embeddings().weight,
                       teacher.get_output_embeddings().weight, mb.completion_mask, chunk, vocab, temperature)
         parts.append((s_logp, t_logp, c, s_ent))
-        if constraint.cost == "token_kl":  # [B, T, H]: kept only for the cost whose direct gradient needs them
+        if keep_teacher_hidden or constraint.cost == "token_kl":
             teacher_hidden.append(t_h)
     s_logp, t_logp, costs, entropy = (torch.cat(x) for x in zip(*parts, strict=True))
     mask = seq.completion_mask

@@ -13,16 +13,19 @@ import torch
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
+from cdistill import checkpoint
+from cdistill.budget import attach, has_budget_input, save_student
 from cdistill.evaluate import evaluate, format_report, write_eval
 from cdistill.logger import MetricsLogger
 from cdistill.methods import build_method
 from cdistill.metrics import batch_summary
 from cdistill.models import score
 from cdistill.objectives import clipped_policy_loss
-from cdistill.rollout import generate, generation_config
-from cdistill.runtime import autocast, build_components, seed_everything
-from cdistill.scoring import costs_for, score_rollout
+from cdistill.rollout import generation_config
+from cdistill.runtime import absolute, autocast, build_components, out_of_memory_hint, seed_everything
+from cdistill.scoring import Live, score_rollout
 from cdistill.sft import lr_lambda
+from cdistill.sources import SAMPLED, TeacherSolutions, collect
 from cdistill.validate import validate
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,13 @@ class PromptStream:
     def __init__(self, problems, seed: int):
         self.problems, self.rng, self.order = problems, random.Random(seed), []
 
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self.order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.order = list(state["order"])
+
     def next(self, n: int):
         out = []
         while len(out) < n:
@@ -44,44 +54,72 @@ class PromptStream:
         return out
 
 
-def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab):
-    """One optimiser step per inner epoch, gradients accumulated over micro-batches of completions."""
+def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_pass=None):
+    """One optimiser step per inner epoch, gradients accumulated over micro-batches of completions.
+
+    ``first_pass`` (log-probs, entropies, hidden states of the whole batch, with their graph) is the forward
+    pass that scoring already used: the first epoch differentiates it instead of running the student again.
+
+    An optimiser step whose loss or gradient norm is not finite is skipped (gradients dropped, weights
+    untouched) and counted in ``skipped``: one bad batch must not poison the weights.
+    """
     o = cfg.optim
     adv = method.advantages(scored)
     denom = scored.mask.sum().clamp(min=1)
     n = adv.shape[0]
-    stats = {"loss": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
-    for _ in range(o.inner_epochs):
+    zero = torch.zeros((), device=adv.device)
+    loss_sum, clip_sum, norm_sum, skipped = zero.clone(), zero.clone(), zero.clone(), 0
+    for epoch in range(o.inner_epochs):
         opt.zero_grad(set_to_none=True)
+        epoch_loss = zero.clone()
         for start in range(0, n, o.micro_batch):
             rows = torch.arange(start, min(n, start + o.micro_batch), device=adv.device)
-            logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk, vocab)
+            if first_pass is not None and epoch == 0:
+                logp, _, hidden = first_pass
+            else:
+                logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk,
+                                        vocab)
             loss, st = clipped_policy_loss(logp, scored.old_logp[rows], adv[rows], scored.mask[rows],
                                            o.clip_low, o.clip_high, denom)
-            cost = None
-            if method.wants_cost_gradient:
-                t_hidden = None if scored.teacher_hidden is None else scored.teacher_hidden[rows]
-                cost = costs_for(cfg.constraint.cost, logp, scored.teacher_logp[rows], hidden, t_hidden,
-                                 student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
-                                 scored.mask[rows], cfg.scoring.chunk, vocab, cfg.rollout.temperature)
-            extra = method.extra_loss(scored, rows, cost, denom)
+            live = Live(rows, logp, hidden, scored.mask[rows], scored.teacher_logp[rows],
+                        None if scored.teacher_hidden is None else scored.teacher_hidden[rows],
+                        student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
+                        cfg.scoring.chunk, vocab, cfg.rollout.temperature)
+            extra = method.extra_loss(scored, live, denom)
             total = loss if extra is None else loss + extra
             total.backward()
-            stats["loss"] += float(total.detach()) / o.inner_epochs
-            stats["clip_frac"] += float(st["clip_frac"]) * len(rows) / n / o.inner_epochs
+            epoch_loss += total.detach()
+            clip_sum += st["clip_frac"] * len(rows) / n
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
-        stats["grad_norm"] += float(grad_norm) / o.inner_epochs
-        opt.step()
+        # the one host sync of the update: whether to apply this step
+        if bool(torch.isfinite(epoch_loss) & torch.isfinite(grad_norm)):
+            opt.step()
+        else:
+            opt.zero_grad(set_to_none=True)
+            skipped += 1
         sched.step()
-    return stats
+        loss_sum += epoch_loss
+        norm_sum += grad_norm.detach()
+    k = o.inner_epochs
+    return {"loss": float(loss_sum) / k, "clip_frac": float(clip_sum) / k, "grad_norm": float(norm_sum) / k,
+            "skipped_updates": skipped}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (for example, every step's gradients are non-finite)."""
 
 
 def train(cfg, run_dir: Path) -> dict:
     validate(cfg)
+    resume_from = checkpoint.find(cfg.get("resume"), run_dir)
+    if resume_from is not None:
+        trainer_state, ckpt_state = checkpoint.load(resume_from, cfg)
     seed_everything(cfg.seed)
-    comp = build_components(cfg)
+    comp = build_components(cfg, student_path=str(resume_from / "student") if resume_from else None)
     method = build_method(cfg.method, cfg.constraint, cfg.optim)
     student, tok = comp.student, comp.tokenizer
+    if method.conditions_on_budget and not has_budget_input(student):
+        attach(student, cfg.method.budget_clip)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                             betas=tuple(cfg.optim.betas))
     steps = cfg.optim.steps
@@ -90,7 +128,14 @@ def train(cfg, run_dir: Path) -> dict:
         opt, lr_lambda(cfg.optim.warmup, steps * cfg.optim.inner_epochs, cfg.optim.schedule))
     gen = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     stream = PromptStream(comp.task.train, cfg.seed)
-    logger = MetricsLogger(run_dir, cfg)
+    solutions = TeacherSolutions(absolute(cfg.paths.cache), comp.teacher.name_or_path, cfg.rollout.max_new_tokens)
+
+    if resume_from is not None:
+        checkpoint.restore_logs(resume_from, run_dir)
+    else:  # a fresh run (overwrite=true included) starts its logs from nothing
+        for name in ("metrics.jsonl", "evals.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    logger = MetricsLogger(run_dir, cfg, resume=resume_from is not None)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     def run_eval(step: int, final: bool) -> dict:
@@ -104,52 +149,90 @@ def train(cfg, run_dir: Path) -> dict:
         logger.log({"step": step, **{f"eval/{k}": v for k, v in report.items() if isinstance(v, int | float)}})
         return report
 
-    if cfg.eval.at_start:
-        start_report = run_eval(0, final=False)
-        teacher_report, _ = evaluate(comp, cfg, policy=comp.teacher)
-        log.info("before training: %s", format_report(start_report))
-    # Re-seed at the start of the loop: set-up (building or loading models, the first from_pretrained of a
-    # process, evaluations) draws from the global RNGs differently in a fresh process, a later job of a
-    # multirun, or with a cold cache; the RL run itself must depend on the seed alone.
-    seed_everything(cfg.seed)
+    first, start_reports, bad_total, bad_run = 1, {}, 0, 0
+    if resume_from is not None:
+        opt.load_state_dict(trainer_state["optimizer"])
+        sched.load_state_dict(trainer_state["scheduler"])
+        method.load_state_dict(trainer_state["method"])
+        stream.load_state_dict(trainer_state["stream"])
+        first, start_reports = ckpt_state["step"] + 1, ckpt_state["start_reports"]
+        bad_total, bad_run = ckpt_state["bad_steps"], ckpt_state["bad_run"]
+        checkpoint.set_rng_state(trainer_state["rng"])
+        log.info("resumed from %s at step %d", resume_from, first)
+    else:
+        if cfg.eval.at_start:
+            start_reports["student"] = run_eval(0, final=False)
+            start_reports["teacher"], _ = evaluate(comp, cfg, policy=comp.teacher)
+            log.info("before training: %s", format_report(start_reports["student"]))
+        # Re-seed at the start of the loop: set-up (building or loading models, the first from_pretrained of
+        # a process, evaluations) draws from the global RNGs differently in a fresh process, a later job of a
+        # multirun, or with a cold cache; the RL run itself must depend on the seed alone.
+        seed_everything(cfg.seed)
+    ck, guards = cfg.checkpoint, cfg.guards
+    last_ckpt = resume_from
     t_start = time.time()
-    bar = tqdm(range(1, steps + 1), desc=f"{method.name}", disable=not cfg.logging.progress, mininterval=1.0)
+    bar = tqdm(range(first, steps + 1), desc=f"{method.name}", disable=not cfg.logging.progress, mininterval=1.0,
+               initial=first - 1, total=steps)
     for step in bar:
         t0 = time.time()
-        problems = stream.next(cfg.rollout.prompts_per_step)
-        k = cfg.rollout.samples_per_prompt
+        source = method.source(step)
+        # the same number of completions per step whatever the source: k samples of each prompt, or one
+        # given completion for each of k times as many prompts
+        k = cfg.rollout.samples_per_prompt if source in SAMPLED else 1
+        problems = stream.next(cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt // k)
         with autocast(cfg, comp.device):
-            rollout = generate(student, tok, [comp.task.prompt(p) for p in problems], k, gen, comp.device,
-                               comp.task.add_special_tokens)
+            rollout = collect(source, comp, cfg, problems, k, gen, solutions)
             t1 = time.time()
             per_sample = [p for p in problems for _ in range(k)]
+            # one student forward serves scoring and the first update when the batch is one micro-batch
+            first = None
+            if cfg.scoring.reuse_student_pass and len(per_sample) <= cfg.optim.micro_batch:
+                with out_of_memory_hint("the student forward", "lower optim.micro_batch or set "
+                                        "scoring.reuse_student_pass=false"):
+                    first = score(student, rollout.seq.for_autograd(), cfg.rollout.temperature, cfg.scoring.chunk,
+                                  comp.vocab)
             scored, extras = score_rollout(rollout, per_sample, comp.task, student, comp.teacher, cfg.constraint,
                                            cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab,
-                                           cfg.scoring.micro_batch)
+                                           cfg.scoring.micro_batch, method.needs_teacher_hidden,
+                                           None if first is None else [x.detach() for x in first])
             t2 = time.time()
-            upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab)
+            with out_of_memory_hint("the student update", "lower optim.micro_batch (gradients are accumulated)"):
+                upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab, first)
             t3 = time.time()
+        bad_run = bad_run + 1 if upd["skipped_updates"] else 0
+        bad_total += bool(upd["skipped_updates"])
         record = {"step": step, **batch_summary(scored, extras), **upd, **method.after_step(scored),
-                  "lr": sched.get_last_lr()[0], "time_generate": t1 - t0, "time_score": t2 - t1,
-                  "time_update": t3 - t2, "time_step": t3 - t0}
+                  "bad_steps": bad_total, "lr": sched.get_last_lr()[0], "time_generate": t1 - t0,
+                  "time_score": t2 - t1, "time_update": t3 - t2, "time_step": t3 - t0}
         logger.log(record)
         bar.set_postfix(reward=f"{record['reward']:.2f}", div=f"{record['divergence_mean']:.2f}",
                         sat=f"{record['satisfaction_rate']:.2f}", refresh=False)
+        if bad_run >= guards.max_bad_steps:
+            where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
+            raise TrainingError(f"stopped at step {step}: {bad_run} steps in a row had a non-finite loss or "
+                                f"gradient (lower optim.lr, check the data){where}")
         if cfg.eval.every and step % cfg.eval.every == 0 and step < steps:
             run_eval(step, final=False)
+        if ck.every and step % ck.every == 0 and step < steps and not bad_run:
+            last_ckpt = checkpoint.save(
+                run_dir, step, cfg, student, tok,
+                {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "method": method.state_dict(),
+                 "stream": stream.state_dict()},
+                {"start_reports": start_reports, "bad_steps": bad_total, "bad_run": bad_run}, ck.keep)
     train_seconds = time.time() - t_start
     if cfg.save_student:
-        student.save_pretrained(run_dir / "student")
-        tok.save_pretrained(run_dir / "student")
+        save_student(student, tok, run_dir / "student")
     final = run_eval(steps, final=True)
     summary = {"method": method.name, "threshold": cfg.constraint.threshold, "steps": steps,
-               "train_seconds": train_seconds, "method_state": method.state_dict(), **final}
-    if cfg.eval.at_start:
-        summary["start_accuracy_sampled"] = start_report["accuracy_sampled"]
-        summary["start_accuracy_greedy"] = start_report["accuracy_greedy"]
-        summary["start_satisfaction_rate"] = start_report["satisfaction_rate"]
-        summary["teacher_accuracy_sampled"] = teacher_report["accuracy_sampled"]
-        summary["teacher_accuracy_greedy"] = teacher_report["accuracy_greedy"]
+               "train_seconds": train_seconds, "bad_steps": bad_total, "method_state": method.state_dict(),
+               **final}
+    if "student" in start_reports:
+        s_rep, t_rep = start_reports["student"], start_reports["teacher"]
+        summary["start_accuracy_sampled"] = s_rep["accuracy_sampled"]
+        summary["start_accuracy_greedy"] = s_rep["accuracy_greedy"]
+        summary["start_satisfaction_rate"] = s_rep["satisfaction_rate"]
+        summary["teacher_accuracy_sampled"] = t_rep["accuracy_sampled"]
+        summary["teacher_accuracy_greedy"] = t_rep["accuracy_greedy"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     logger.close()

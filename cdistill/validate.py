@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdistill.methods import METHODS
+from cdistill.methods import METHODS, build_method
 from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import SCALES
 
@@ -41,3 +41,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"unknown optim.adv_scale {o.adv_scale!r}; expected one of {', '.join(SCALES)}")
     if o.schedule not in ("constant", "cosine"):
         raise ConfigError(f"unknown optim.schedule {o.schedule!r}; expected constant or cosine")
+    try:  # each method checks its own options (and weakest_link its constraint)
+        build_method(cfg.method, cfg.constraint, cfg.optim)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from cdistill.methods import METHODS, Scored, build_method
 from cdistill.objectives import constraint_stats, group_normalize, logratio_cost, reward_to_go, terminal_reward
+from cdistill.scoring import Live
 
 OPTIM = OmegaConf.create({"adv_scale": "std"})
 
@@ -22,6 +23,11 @@ def scored_batch(threshold=1.0, kind="sum"):
     stats = constraint_stats(costs, mask, threshold, kind)
     return Scored(mask=mask, task_reward=torch.tensor([1.0, 0.0, 1.0, 1.0]), old_logp=old * mask,
                   teacher_logp=teacher * mask, costs=costs, stats=stats, group_size=2)
+
+
+def live(b, logp):
+    return Live(rows=torch.arange(b.mask.shape[0]), logp=logp, hidden=None, mask=b.mask, teacher_logp=b.teacher_logp,
+                teacher_hidden=None, student_weight=None, teacher_weight=None, chunk=8, vocab=None, temperature=1.0)
 
 
 def method(name, **cfg):
@@ -45,11 +51,9 @@ def test_cmdp_direct_gradient_is_the_logratio_cost_after_the_violation_only():
     b = scored_batch(threshold=0.8)
     assert (b.stats.violation_step >= 0).any()
     m = method("cmdp", penalty=2.0, informative=True, direct_gradient=1.0)
-    assert m.wants_cost_gradient
     logp = b.old_logp.clone().requires_grad_(True)
-    rows = torch.arange(4)
     denom = b.mask.sum()
-    m.extra_loss(b, rows, logratio_cost(logp, b.teacher_logp, b.mask), denom).backward()
+    m.extra_loss(b, live(b, logp), denom).backward()
     pos = torch.arange(5).expand(4, 5)
     after = (pos > b.stats.violation_step[:, None]) & (b.stats.violation_step[:, None] >= 0) & b.mask
     torch.testing.assert_close(logp.grad, after.float() / denom)
@@ -66,8 +70,7 @@ def test_cmdp_has_no_direct_term_when_off_or_when_the_cost_does_not_depend_on_th
     b = scored_batch(threshold=0.8)
     constraint = OmegaConf.create({"cost": cost, "kind": "sum", "threshold": 0.8})
     m = build_method(OmegaConf.create({"name": "cmdp", "penalty": 1.0, **cfg}), constraint, OPTIM)
-    assert not m.wants_cost_gradient
-    assert m.extra_loss(b, torch.arange(4), b.costs, b.mask.sum()) is None
+    assert m.extra_loss(b, live(b, b.old_logp), b.mask.sum()) is None
 
 
 def test_cmdp_with_a_large_penalty_ranks_every_violating_sample_below_every_satisfying_one():

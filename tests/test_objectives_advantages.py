@@ -10,11 +10,14 @@ from conftest import ragged_mask
 
 from cdistill.objectives import (
     clipped_policy_loss,
+    constraint_stats,
     expected_immediate_reward,
+    future_return,
     group_normalize,
     lagrangian_advantage,
     reward_to_go,
     token_mean,
+    weakest_link_exact_term,
 )
 from cdistill.objectives.multipliers import dual_ascent_init, dual_ascent_update, pid_init, pid_update
 
@@ -180,3 +183,36 @@ def test_pid_matches_stooke_update_by_hand():
     assert json.loads(json.dumps(s)) == s
     nan_state = pid_update(s, float("nan"), 1.0, 1.0, 1.0, 1.0)
     assert nan_state == s
+
+
+def test_future_return_leaves_out_only_the_exactly_expected_part_of_each_token():
+    mask = ragged_mask([4, 2], 4)
+    r, imm = torch.randn(2, 4) * mask, torch.randn(2, 4) * mask
+    got = future_return(r, imm, mask)
+    for b in range(2):
+        for t in range(4):
+            want = sum(float(r[b, k]) for k in range(t, 4) if mask[b, k]) - float(imm[b, t]) if mask[b, t] else 0.0
+            assert got[b, t].item() == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("informative", [True, False])
+def test_weakest_link_exact_term_at_every_visited_prefix_matches_brute_force(informative):
+    mask = ragged_mask([5, 3, 1], 5)
+    hs, ht = torch.randn(3, 5, 4, requires_grad=True), torch.randn(3, 5, 4)
+    ws, wt = torch.randn(8, 4), torch.randn(8, 4)
+    costs = torch.rand(3, 5) * 3 * mask
+    stats = constraint_stats(costs, mask, 1.4, "prefix_mean")
+    got = weakest_link_exact_term(hs, ws, ht, wt, costs, stats.absorbed, mask, 1.4, 4.0, informative, chunk=2,
+                                  student_temperature=0.5)
+    for b in range(3):
+        for t in range(5):
+            if not mask[b, t]:
+                assert got[b, t].item() == 0.0
+                continue
+            before = float(costs[b, :t].sum())
+            gone = t > 0 and bool(stats.absorbed[b, t - 1])
+            want = brute_immediate((hs[b, t] @ ws.t()) / 0.5, ht[b, t] @ wt.t(), before, t + 1, gone, 1.4, 4.0,
+                                   informative)
+            assert got[b, t].item() == pytest.approx(want, abs=1e-5)
+    got.sum().backward()
+    assert hs.grad.abs().sum() > 0

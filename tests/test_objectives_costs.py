@@ -12,6 +12,7 @@ from cdistill.objectives import (
     kl_estimate,
     logratio_cost,
     teacher_nll_cost,
+    token_jsd_cost,
     token_kl_cost,
 )
 from cdistill.objectives.chunking import positionwise
@@ -153,3 +154,17 @@ def test_entropy_matches_brute_force():
         p = torch.softmax(z[i].double(), -1)
         want = -sum(float(p[a] * math.log(p[a])) for a in range(5))
         assert entropy_from_logits(z)[i].item() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize(("beta", "chunk"), [(0.0, 3), (0.5, 1), (1.0, 100)])
+def test_token_jsd_matches_brute_force_per_position_and_is_differentiable_in_the_student_only(beta, chunk):
+    mask = ragged_mask([4, 2, 0], 4)
+    hs, ht = torch.randn(3, 4, 5, requires_grad=True), torch.randn(3, 4, 5)
+    ws, wt = torch.randn(9, 5), torch.randn(9, 5, requires_grad=True)
+    got = token_jsd_cost(hs, ws, ht, wt, mask, beta, chunk, vocab_size=7, student_temperature=0.7)
+    for b in range(3):
+        for t in range(4):
+            want = brute_jsd((hs[b, t] @ ws[:7].t()) / 0.7, ht[b, t] @ wt[:7].t(), beta) if mask[b, t] else 0.0
+            assert got[b, t].item() == pytest.approx(want, abs=1e-5)
+    got.sum().backward()
+    assert hs.grad.abs().sum() > 0 and (wt.grad is None or wt.grad.abs().sum() == 0)

@@ -9,16 +9,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cdistill import embedded
 from cdistill.evaluate import evaluate
+from cdistill.methods import METHODS
 from cdistill.runtime import build_components
 from cdistill.train import train
 
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.mark.parametrize("method", ["cmdp", "soft_penalty", "lagrangian", "grpo"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_each_method_trains_a_few_steps_and_writes_its_outputs(tmp_path, cache, method):
     cfg = tiny_cfg(tmp_path, f"method={method}", "constraint.threshold=5", cache=cache)
     run = tmp_path / "run"
@@ -124,3 +120,17 @@ def test_a_run_depends_on_its_seed_alone_not_on_what_ran_before_in_the_process(t
         results.append([line for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line])
     strip = [[{k: v for k, v in json.loads(r).items() if not k.startswith("time_")} for r in rs] for rs in results]
     assert strip[0] == strip[1]
+
+
+@pytest.mark.parametrize("method", ["cmdp", "gkd"])
+def test_sharing_the_student_forward_between_scoring_and_update_changes_nothing(tmp_path, cache, method):
+    weights = []
+    for reuse in (True, False):
+        out = tmp_path / str(reuse)
+        out.mkdir()
+        cfg = tiny_cfg(tmp_path, f"method={method}", f"scoring.reuse_student_pass={reuse}", "optim.lr=1e-2",
+                       "constraint.threshold=1", "eval.at_start=false", "optim.micro_batch=64", cache=cache)
+        train(cfg, out)
+        weights.append(AutoModelForCausalLM.from_pretrained(out / "student").state_dict())
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-5, atol=1e-6)

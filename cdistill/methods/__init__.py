@@ -2,11 +2,19 @@
 
 from cdistill.methods.base import Method, Scored
 from cdistill.methods.cmdp import CMDP
+from cdistill.methods.gkd import GKD
 from cdistill.methods.grpo import GRPO
 from cdistill.methods.lagrangian import Lagrangian
+from cdistill.methods.opd import OPD
+from cdistill.methods.saute import Saute
+from cdistill.methods.seqkd import SeqKD
+from cdistill.methods.sft import SFT
 from cdistill.methods.soft_penalty import SoftPenalty
+from cdistill.methods.weakest_link import WeakestLink
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (CMDP, SoftPenalty, Lagrangian, GRPO)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (CMDP, WeakestLink, Saute, Lagrangian, SoftPenalty, GRPO, OPD, GKD, SFT, SeqKD)
+}
 
 
 def build_method(cfg, constraint, optim) -> Method:

@@ -38,18 +38,29 @@ class Method:
 
     def normalize(self, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-token rewards → reward-to-go → per-prompt group normalisation (shared by all methods)."""
-        return group_normalize(reward_to_go(rewards, mask), mask, group_size, self.optim.adv_scale)
+        return self.normalize_returns(reward_to_go(rewards, mask), mask, group_size)
+
+    def normalize_returns(self, returns: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+        return group_normalize(returns, mask, group_size, self.optim.adv_scale)
 
     def advantages(self, b: Scored) -> torch.Tensor:
         raise NotImplementedError
 
-    # set by methods whose extra term needs the per-token cost with its gradient (the loop then computes it)
-    wants_cost_gradient = False
+    # set by methods whose differentiable term needs the teacher's full distribution at every position
+    needs_teacher_hidden = False
+    # set by ``saute``: the student takes the remaining budget as an input
+    conditions_on_budget = False
 
-    def extra_loss(self, b: Scored, rows: torch.Tensor, cost: torch.Tensor | None, denom: torch.Tensor):
-        """A differentiable term added to the policy loss for the micro-batch ``rows``, or None.
+    def source(self, step: int) -> str:
+        """Where this step's completions come from: ``student`` samples (on-policy), ``teacher`` samples,
+        ``reference`` solutions of the dataset, ``teacher_cached`` (greedy teacher solutions, generated once)
+        or ``budget`` (student samples conditioned on the remaining budget, tracked with the teacher)."""
+        return "student"
 
-        ``cost`` is c_t for those rows recomputed with the student's gradient (when ``wants_cost_gradient``).
+    def extra_loss(self, b: Scored, live, denom: torch.Tensor):
+        """A differentiable term added to the policy loss for one micro-batch, or None.
+
+        ``live`` (``cdistill.scoring.Live``) holds that micro-batch re-scored with the student's gradient.
         """
         return None
 

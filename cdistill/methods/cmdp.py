@@ -18,17 +18,14 @@ class CMDP(Method):
         rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
         return self.normalize(rewards, b.mask, b.group_size)
 
-    @property
-    def wants_cost_gradient(self) -> bool:
+    def extra_loss(self, b: Scored, live, denom):
         # The informative reward −c_t depends on θ for logratio and token_kl costs: besides its
         # score-function part (in the advantages) it has a direct part, ∇θ Σ_{t>τ} c_t, which this term adds.
         depends_on_student = self.constraint.cost in ("logratio", "token_kl")
-        return bool(self.cfg.informative and self.cfg.direct_gradient and depends_on_student)
-
-    def extra_loss(self, b: Scored, rows, cost, denom):
-        if not self.wants_cost_gradient:
+        if not (self.cfg.informative and self.cfg.direct_gradient and depends_on_student):
             return None
-        return self.cfg.direct_gradient * token_mean(cost, after_violation(b.stats)[rows], denom)
+        return self.cfg.direct_gradient * token_mean(live.cost(self.constraint.cost),
+                                                     after_violation(b.stats)[live.rows], denom)
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}

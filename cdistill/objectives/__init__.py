@@ -8,12 +8,17 @@ per-token function takes a completion ``mask`` ([B, T], bool or 0/1): padding an
 first EOS never counts. Masks are prefix masks (valid positions first), as generation produces them.
 """
 
-from cdistill.objectives.advantages import group_normalize, reward_to_go
+from cdistill.objectives.advantages import future_return, group_normalize, reward_to_go
 from cdistill.objectives.chunking import positionwise
 from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats
-from cdistill.objectives.costs import COSTS, logratio_cost, teacher_nll_cost, token_kl_cost
+from cdistill.objectives.costs import COSTS, logratio_cost, teacher_nll_cost, token_jsd_cost, token_kl_cost
 from cdistill.objectives.divergences import entropy_from_logits, generalized_jsd, kl_estimate
-from cdistill.objectives.losses import clipped_policy_loss, expected_immediate_reward, token_mean
+from cdistill.objectives.losses import (
+    clipped_policy_loss,
+    expected_immediate_reward,
+    token_mean,
+    weakest_link_exact_term,
+)
 from cdistill.objectives.masks import completion_mask, last_token_onehot
 from cdistill.objectives.multipliers import CONTROLLERS
 from cdistill.objectives.rewards import (
@@ -34,6 +39,7 @@ __all__ = [
     "constraint_stats",
     "entropy_from_logits",
     "expected_immediate_reward",
+    "future_return",
     "generalized_jsd",
     "group_normalize",
     "kl_estimate",
@@ -45,6 +51,8 @@ __all__ = [
     "soft_penalty_rewards",
     "teacher_nll_cost",
     "terminal_reward",
+    "token_jsd_cost",
     "token_kl_cost",
     "token_mean",
+    "weakest_link_exact_term",
 ]

@@ -13,6 +13,12 @@ def reward_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return r.flip(1).cumsum(1).flip(1) * mask
 
 
+def future_return(rewards: torch.Tensor, immediate: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """G_t − r^imm_t: the return from token t on, less the part of r_t that is taken in exact expectation
+    elsewhere (``weakest_link``: the penalty / informative reward of token t itself)."""
+    return (reward_to_go(rewards, mask) - immediate) * mask
+
+
 def group_normalize(
     values: torch.Tensor, mask: torch.Tensor, group_size: int, scale: str = "std", eps: float = 1e-6
 ) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from cdistill.objectives.chunking import logits_from_hidden, positionwise
+from cdistill.objectives.divergences import generalized_jsd
 
 
 def logratio_cost(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,34 @@ def token_kl_cost(
     def fn(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
         return kl_rows(
             logits_from_hidden(hs, student_weight, vocab_size, student_temperature),
-            logits_from_hidden(ht, teacher_weight, vocab_size),
+            logits_from_hidden(ht, teacher_weight, vocab_size).detach(),  # the teacher is a fixed target
+        )
+
+    return positionwise(fn, mask, [student_hidden, teacher_hidden], chunk)
+
+
+def token_jsd_cost(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    mask: torch.Tensor,
+    beta: float,
+    chunk: int = 1024,
+    vocab_size: int | None = None,
+    student_temperature: float = 1.0,
+) -> torch.Tensor:
+    """GKD's generalised JSD(β) between teacher and student at each visited position, [B, T], chunked.
+
+    β = 0 is the forward KL(π_T ‖ π_θ), β = 1 the reverse KL(π_θ ‖ π_T) (see ``generalized_jsd``).
+    Differentiable in the student's hidden states and weight only.
+    """
+
+    def fn(hs: torch.Tensor, ht: torch.Tensor) -> torch.Tensor:
+        return generalized_jsd(
+            logits_from_hidden(hs, student_weight, vocab_size, student_temperature),
+            logits_from_hidden(ht, teacher_weight, vocab_size).detach(),
+            beta,
         )
 
     return positionwise(fn, mask, [student_hidden, teacher_hidden], chunk)

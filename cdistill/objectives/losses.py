@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from cdistill.objectives.chunking import logits_from_hidden, positionwise
+
 
 def token_mean(x: torch.Tensor, mask: torch.Tensor, denom: torch.Tensor | float | None = None) -> torch.Tensor:
     """Σ over generated tokens, divided by the number of generated tokens in the whole batch.
@@ -76,3 +78,39 @@ def expected_immediate_reward(
     absorbed = -cost if informative else torch.zeros_like(cost)
     r_hat = torch.where(absorbed_before.bool().unsqueeze(1), absorbed, fresh)
     return (p * r_hat).sum(-1)
+
+
+def weakest_link_exact_term(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    costs: torch.Tensor,
+    absorbed: torch.Tensor,
+    mask: torch.Tensor,
+    threshold: float,
+    penalty: float,
+    informative: bool = True,
+    chunk: int = 1024,
+    vocab_size: int | None = None,
+    student_temperature: float = 1.0,
+) -> torch.Tensor:
+    """``expected_immediate_reward`` at every visited prefix of a batch, [B, T], from hidden states.
+
+    ``costs`` [B, T] are the sampled tokens' teacher-NLL costs and ``absorbed`` [B, T] the constraint's
+    absorbed flags: the prefix before position t has Σ_{i<t} c_i and is absorbed when position t − 1 was.
+    Chunked over positions (never a B × T × V tensor) and differentiable in the student only.
+    """
+    mf = mask.to(costs.dtype)
+    cost_before = ((costs * mf).cumsum(1) - costs * mf).detach()
+    position = mf.cumsum(1)
+    absorbed_before = torch.cat([torch.zeros_like(absorbed[:, :1]), absorbed[:, :-1]], dim=1).to(costs.dtype)
+
+    def fn(hs, ht, before, pos, gone):
+        return expected_immediate_reward(
+            logits_from_hidden(hs, student_weight, vocab_size, student_temperature),
+            logits_from_hidden(ht, teacher_weight, vocab_size),
+            before, pos, gone, threshold, penalty, informative,
+        )
+
+    return positionwise(fn, mask, [student_hidden, teacher_hidden, cost_before, position, absorbed_before], chunk)

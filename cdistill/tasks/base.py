@@ -51,15 +51,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise TaskError(f"dataset file not found: {p}")
-    rows = []
-    with p.open(encoding="utf-8") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise TaskError(f"{p}:{i}: malformed JSON line ({e.msg})") from None
+    rows, i = [], 0
+    try:
+        with p.open(encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise TaskError(f"{p}:{i}: malformed JSON line ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise TaskError(f"{p}:{i + 1}: not UTF-8 text; is it really a JSONL file?") from None
+    except OSError as e:
+        raise TaskError(f"cannot read dataset file {p}: {e.strerror}") from None
     if not rows:
         raise TaskError(f"dataset file is empty: {p}")
     return rows

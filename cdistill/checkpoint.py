@@ -1,0 +1,139 @@
+"""Checkpoints that resume a run exactly, written atomically.
+
+``<run>/checkpoints/step-000120/`` holds the student (Hugging Face format), ``trainer.pt`` (optimizer,
+scheduler, method state, every RNG, the prompt stream's position) and ``state.json`` (step, config
+fingerprint, the start-of-run evaluations), plus copies of ``metrics.jsonl`` and ``evals.jsonl`` as they
+stood at that step. A checkpoint is written under a temporary name, fsynced, then renamed: a directory
+named ``step-*`` is always complete, whatever kills the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from cdistill.budget import save_student
+
+DIR = "checkpoints"
+PREFIX = "step-"
+# keys that do not change what a run computes: a resumed run may differ in them
+VOLATILE = ("resume", "overwrite", "debug", "logging", "checkpoint", "guards", "save_student")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from (missing, or written under another configuration)."""
+
+
+def fingerprint(cfg) -> str:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in VOLATILE:
+        data.pop(key, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with p.open("rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state: dict, keep: int) -> Path:
+    """Write checkpoint ``step`` atomically and keep the newest ``keep``; returns its directory."""
+    root = Path(run_dir) / DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_student(student, tokenizer, tmp / "student")
+    torch.save({**trainer, "rng": rng_state()}, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint(cfg), **state}, indent=2))
+    for name in ("metrics.jsonl", "evals.jsonl"):
+        if (Path(run_dir) / name).is_file():
+            shutil.copyfile(Path(run_dir) / name, tmp / name)
+    _fsync_tree(tmp)
+    if final.exists():  # a checkpoint of the same step from before a crash: replaced whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    for old in complete(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete(run_dir: Path) -> list[Path]:
+    """The run's complete checkpoints, oldest first (temporary directories of killed writes are ignored)."""
+    root = Path(run_dir) / DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+                  and (p / "state.json").is_file())
+
+
+def find(resume, run_dir: Path) -> Path | None:
+    """The checkpoint that ``resume`` names: ``auto`` = the newest of ``run_dir`` (None if there is none),
+    or an explicit checkpoint directory, which must exist."""
+    if resume in (None, False, ""):
+        return None
+    if resume == "auto":
+        found = complete(run_dir)
+        return found[-1] if found else None
+    path = Path(str(resume))
+    if not (path / "state.json").is_file():
+        raise CheckpointError(f"resume={resume}: no checkpoint there (expected a {DIR}/{PREFIX}* directory "
+                              "with state.json)")
+    return path
+
+
+def load(path: Path, cfg) -> tuple[dict, dict]:
+    """(trainer state, state.json) of a checkpoint, refused if it was written under another config."""
+    state = json.loads((path / "state.json").read_text())
+    if state["fingerprint"] != fingerprint(cfg):
+        raise CheckpointError(f"{path} was written under a different configuration; resume with the run's own "
+                              "overrides (see its config.yaml) or start a new run directory")
+    # our own file: it holds RNG states (numpy tuples), which the weights-only loader refuses
+    trainer = torch.load(path / "trainer.pt", weights_only=False)
+    return trainer, state
+
+
+def restore_logs(path: Path, run_dir: Path) -> None:
+    """Put the metrics and evaluations back as they stood at the checkpoint (drop lines logged after it)."""
+    for name in ("metrics.jsonl", "evals.jsonl"):
+        src, dst = path / name, Path(run_dir) / name
+        if src.is_file():
+            shutil.copyfile(src, dst)
+        elif dst.exists():
+            dst.unlink()

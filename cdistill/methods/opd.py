@@ -1,0 +1,33 @@
+"""``opd``: on-policy distillation, divergence only. Minimise the reverse KL to the teacher on the
+student's own samples, with the per-token advantage −c_t (``estimator: sampled``) or the exact
+full-vocabulary KL at each visited position, differentiated directly (``estimator: full``). No task reward.
+"""
+
+import torch
+
+from cdistill.methods.base import Method, Scored
+from cdistill.objectives import reward_to_go, token_mean
+
+ESTIMATORS = ("sampled", "full")
+
+
+class OPD(Method):
+    name = "opd"
+
+    def __init__(self, cfg, constraint, optim):
+        super().__init__(cfg, constraint, optim)
+        if cfg.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown opd estimator {cfg.estimator!r}; expected one of {ESTIMATORS}")
+        self.needs_teacher_hidden = cfg.estimator == "full"
+
+    def advantages(self, b: Scored):
+        if self.cfg.estimator == "full":
+            return torch.zeros_like(b.costs)
+        # −c_t per token (no credit to earlier tokens, as in on-policy distillation) or its reward-to-go
+        adv = -b.costs * b.mask
+        return reward_to_go(adv, b.mask) if self.cfg.returns == "to_go" else adv
+
+    def extra_loss(self, b: Scored, live, denom):
+        if self.cfg.estimator != "full":
+            return None
+        return token_mean(live.cost("token_kl"), live.mask, denom)

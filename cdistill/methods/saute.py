@@ -1,0 +1,17 @@
+"""``saute``: the state-augmented ablation (Sootla et al. 2022) that ``cmdp`` avoids.
+
+Same modified reward as ``cmdp``, but the student also sees the normalised remaining budget z_t / d,
+through a small learned projection added to its input embeddings (``cdistill.budget``, saved beside the
+checkpoint). z_t depends on the teacher's log-probs, so sampling, at training and at evaluation alike,
+runs the teacher beside the student at every token: the deployment cost the paper's method removes.
+"""
+
+from cdistill.methods.cmdp import CMDP
+
+
+class Saute(CMDP):
+    name = "saute"
+    conditions_on_budget = True
+
+    def source(self, step: int) -> str:
+        return "budget"

@@ -1,0 +1,11 @@
+"""``seqkd``: sequence-level KD (Kim & Rush 2016), supervised fine-tuning on the teacher's own greedy
+solutions to the training prompts, generated once and cached on disk (``paths.cache``)."""
+
+from cdistill.methods.sft import SFT
+
+
+class SeqKD(SFT):
+    name = "seqkd"
+
+    def source(self, step: int) -> str:
+        return "teacher_cached"

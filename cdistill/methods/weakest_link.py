@@ -1,0 +1,40 @@
+"""``weakest_link``: a worst-case constraint on every prefix's mean teacher NLL, with an absorbing penalty.
+
+Cost c_t = −log π_T(y_t|s_t), constraint ``prefix_mean`` (conf/method/weakest_link.yaml sets both). The
+gradient is split in two: the immediate modified reward of token t is taken in exact expectation over the
+vocabulary at each visited prefix, Σ_a π_θ(a|s_t) R̂(s_t, a) (chunked, differentiated directly), and only
+the future return G_{t+1} (with the task reward) is sampled and weighs log π_θ(y_t|s_t).
+"""
+
+from cdistill.methods.base import Method, Scored
+from cdistill.objectives import cmdp_rewards, future_return, terminal_reward, token_mean, weakest_link_exact_term
+
+
+class WeakestLink(Method):
+    name = "weakest_link"
+    needs_teacher_hidden = True
+
+    def __init__(self, cfg, constraint, optim):
+        super().__init__(cfg, constraint, optim)
+        if constraint.cost != "teacher_nll" or constraint.kind != "prefix_mean":
+            raise ValueError("method weakest_link needs constraint.cost=teacher_nll and constraint.kind=prefix_mean, "
+                             f"got {constraint.cost} / {constraint.kind}")
+
+    def advantages(self, b: Scored):
+        rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
+        violated = b.stats.violation_step >= 0
+        task_part = terminal_reward(b.task_reward * (~violated).to(b.task_reward.dtype), b.mask)
+        # the penalty / informative reward of token t itself is in the exact term: not sampled twice
+        returns = future_return(rewards, rewards - task_part, b.mask)
+        return self.normalize_returns(returns, b.mask, b.group_size)
+
+    def extra_loss(self, b: Scored, live, denom):
+        exact = weakest_link_exact_term(
+            live.hidden, live.student_weight, live.teacher_hidden, live.teacher_weight, b.costs[live.rows],
+            b.stats.absorbed[live.rows], live.mask, self.constraint.threshold, self.cfg.penalty,
+            self.cfg.informative, live.chunk, live.vocab, live.temperature)
+        return -self.cfg.exact_weight * token_mean(exact, live.mask, denom)
+
+    def after_step(self, b: Scored):
+        return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}
+

@@ -1,0 +1,163 @@
+"""Exact resume after SIGKILL, atomic checkpoints, and the guards against non-finite steps."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import TINY, tiny_cfg
+from safetensors.torch import load_file
+
+from cdistill import checkpoint
+from cdistill.train import TrainingError, train
+
+TIMING = ("time_generate", "time_score", "time_update", "time_step", "seconds", "eval/seconds")
+# a run long enough to be killed in the middle, checkpointed at every step
+RUN = [*TINY, "optim.steps=6", "checkpoint.every=1", "checkpoint.keep=2", "method=lagrangian", "eval.at_start=true"]
+
+
+def launch(run_dir, cache, *extra):
+    cmd = [sys.executable, "-m", "cdistill.cli", "train", *RUN, f"paths.cache={cache}", f"hydra.run.dir={run_dir}",
+           *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    return out
+
+
+def records(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights_and_metrics(tmp_path, cache):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    finished(launch(straight, cache))
+
+    kill_after = random.Random().randint(1, 4)  # any checkpoint before the last step
+    proc = launch(killed, cache)
+    target = killed / "checkpoints" / f"step-{kill_after:06d}"
+    deadline = time.time() + 300
+    while not target.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert target.is_dir(), f"no checkpoint {target.name} appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "summary.json").exists()
+
+    # the same command without resume is refused (it would lose the run); with resume=auto it continues
+    refused = subprocess.run([sys.executable, "-m", "cdistill.cli", "train", *RUN, f"paths.cache={cache}",
+                              f"hydra.run.dir={killed}"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "unfinished run; resume=auto continues it" in refused.stderr
+    finished(launch(killed, cache, "resume=auto"))
+
+    a = load_file(str(straight / "student" / "model.safetensors"))
+    b = load_file(str(killed / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert records(straight) == records(killed)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
+    for key in ("accuracy_sampled", "accuracy_greedy", "divergence_mean", "satisfaction_rate", "method_state",
+                "start_accuracy_sampled", "teacher_accuracy_sampled"):
+        assert sa[key] == sb[key], key
+    assert len(checkpoint.complete(killed)) == 2  # keep=2
+
+
+def test_resume_refuses_a_checkpoint_written_under_another_config(tmp_path, cache):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg(tmp_path, "optim.steps=2", "checkpoint.every=1", "eval.at_start=false", cache=cache)
+    train(cfg, run)
+    ckpt = checkpoint.complete(run)[-1]
+    other = tiny_cfg(tmp_path, "optim.steps=2", "optim.lr=1e-3", f"resume={ckpt}", cache=cache)
+    with pytest.raises(checkpoint.CheckpointError, match="written under a different configuration"):
+        train(other, run)
+    # volatile keys (logging, checkpoint cadence) are not part of the fingerprint
+    same = tiny_cfg(tmp_path, "optim.steps=2", "checkpoint.every=1", "logging.progress=true", f"resume={ckpt}",
+                    "eval.at_start=false", cache=cache)
+    assert checkpoint.load(ckpt, same)[1]["step"] == 1
+
+
+def test_resume_from_a_missing_checkpoint_is_an_error_and_auto_without_one_starts_fresh(tmp_path, cache):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint there"):
+        checkpoint.find(str(tmp_path / "nope"), tmp_path)
+    assert checkpoint.find("auto", tmp_path) is None
+
+
+def test_a_killed_checkpoint_write_leaves_no_checkpoint_behind(tmp_path, cache):
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg(tmp_path, "optim.steps=3", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
+                   cache=cache)
+    train(cfg, run)
+    assert [p.name for p in checkpoint.complete(run)] == ["step-000001", "step-000002"]
+    # a write that died before its rename is a temporary directory: never picked up
+    (run / "checkpoints" / ".tmp-step-000009-123").mkdir()
+    assert checkpoint.find("auto", run).name == "step-000002"
+
+
+def nan_loss_at(steps_to_poison):
+    """Patch for ``clipped_policy_loss`` that returns a NaN loss while the step counter is in the set."""
+    import cdistill.train as tr
+
+    real, calls = tr.clipped_policy_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, st = real(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] in steps_to_poison else loss), st
+
+    return poisoned
+
+
+def test_a_step_with_a_nan_loss_is_skipped_logged_and_leaves_the_weights_alone(tmp_path, cache, monkeypatch):
+    import cdistill.train as tr
+
+    # one micro-batch per step at these sizes: call n is step n
+    monkeypatch.setattr(tr, "clipped_policy_loss", nan_loss_at({2}))
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg(tmp_path, "optim.steps=3", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
+                   "optim.micro_batch=64", cache=cache)
+    summary = train(cfg, run)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    assert [s["skipped_updates"] for s in steps] == [0, 1, 0] and summary["bad_steps"] == 1
+    # no checkpoint is written at a bad step; the weights after it are those after step 1
+    assert [p.name for p in checkpoint.complete(run)] == ["step-000001"]
+
+
+def test_too_many_bad_steps_in_a_row_stop_the_run_with_the_last_good_checkpoint(tmp_path, cache, monkeypatch):
+    import cdistill.train as tr
+
+    monkeypatch.setattr(tr, "clipped_policy_loss", nan_loss_at({2, 3, 4, 5}))
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg(tmp_path, "optim.steps=6", "checkpoint.every=1", "guards.max_bad_steps=2", "eval.at_start=false",
+                   "optim.micro_batch=64", cache=cache)
+    with pytest.raises(TrainingError, match=r"stopped at step 3: 2 steps in a row .* last good checkpoint is .*"
+                                            r"step-000001"):
+        train(cfg, run)
+    assert checkpoint.find("auto", run).name == "step-000001" and not (run / "summary.json").exists()
+
+
+def test_teacher_out_of_memory_names_the_remedy(tmp_path, cache, monkeypatch):
+    from cdistill.runtime import ResourceError, build_components
+
+    cfg = tiny_cfg(tmp_path, "eval.at_start=false", cache=cache)
+    comp = build_components(cfg)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(comp.teacher, "get_decoder", lambda: oom)
+    monkeypatch.setattr("cdistill.train.build_components", lambda *a, **k: comp)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ResourceError, match="teacher forward .* ran out of GPU memory .* lower scoring.micro_batch"):
+        train(cfg, run)
