@@ -130,3 +130,27 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
                 "final_loss": sum(tail) / len(tail), "seconds": time.time() - t}
 
     return _atomic_build(cache / f"{role}-{cache_key(tok_key, r, recipe.seed)}", make_model)
+
+
+def truncated_teacher(teacher_path: str, gguf_file: str | None, keep_layers: int, cache_dir: str | Path) -> Path:
+    """The teacher cut to its first ``keep_layers`` decoder layers, saved in Hugging Face format (cached)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"gguf_file": gguf_file} if gguf_file else {}
+
+    def make(out: Path) -> dict:
+        print(f"building the student from the teacher's first {keep_layers} layers (once; cached) ...", flush=True)
+        model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32, **kw)
+        layers = model.get_decoder().layers
+        if not 0 < keep_layers <= len(layers):
+            raise ValueError(f"model.student.keep_layers must be in 1..{len(layers)}, got {keep_layers}")
+        model.get_decoder().layers = layers[:keep_layers]
+        model.config.num_hidden_layers = keep_layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:keep_layers]
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(teacher_path, **kw).save_pretrained(out)
+        return {"teacher": teacher_path, "gguf_file": gguf_file, "keep_layers": keep_layers,
+                "parameters": sum(p.numel() for p in model.parameters())}
+
+    return _atomic_build(Path(cache_dir) / f"truncated-{cache_key(teacher_path, gguf_file, keep_layers)}", make)

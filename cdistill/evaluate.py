@@ -45,7 +45,8 @@ def _evaluate(comp, cfg, n_problems, with_samples, policy):
         sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, comp.device, special, track)
         per_sample = [p for p in chunk for _ in range(ev.samples)]
         scored, extras = score_rollout(sampled, per_sample, comp.task, policy, comp.teacher, cfg.constraint,
-                                       cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab, cfg.scoring.micro_batch)
+                                       cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab, cfg.scoring.micro_batch,
+                                       share_prompt=cfg.scoring.share_prompt)
         s = batch_summary(scored, extras)
         s["accuracy_greedy"] = sum(greedy_correct) / len(chunk)
         summaries.append(s)

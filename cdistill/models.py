@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -82,25 +83,53 @@ class Sequences:
                          None if self.budget is None else self.budget[rows])
 
 
-def completion_hidden(model, seq: Sequences) -> torch.Tensor:
+def cache_of(out):
+    """The KV cache a forward returned (``cache`` since transformers 5.x, ``past_key_values`` before)."""
+    return out.cache if hasattr(out, "cache") else out.past_key_values
+
+
+def with_cache(model, cache) -> dict:
+    """``cache`` as the keyword ``model.forward`` takes it."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def _inputs(model, seq: Sequences, cols: slice, rows=slice(None)) -> dict:
+    ids = seq.input_ids[rows, cols]
+    if seq.budget is not None and has_budget_input(model):
+        return {"inputs_embeds": embed(model, ids, seq.budget[rows, cols])}
+    return {"input_ids": ids}
+
+
+def completion_hidden(model, seq: Sequences, group_size: int = 1) -> torch.Tensor:
     """Final hidden states [B, T, H] at the positions that predict each completion token.
 
+    With ``group_size`` G > 1 (rows g·G … g·G + G − 1 share one prompt, as sampled groups do) the prompt
+    is run once per group and its KV cache repeated for the G completions: the prompt's share of the
+    forward (and, under autograd, of the backward) shrinks G-fold; gradients flow through the shared cache.
     A budget-conditioned student (``saute``) sees the budget recorded when the completion was sampled.
     """
-    inputs = {"input_ids": seq.input_ids}
-    if seq.budget is not None and has_budget_input(model):
-        inputs = {"inputs_embeds": embed(model, seq.input_ids, seq.budget)}
-    out = model.get_decoder()(
-        **inputs, attention_mask=seq.attention_mask, position_ids=seq.position_ids, use_cache=False
-    )
-    h = out.last_hidden_state
-    t = seq.completion_ids.shape[1]
-    return h[:, seq.prompt_len - 1 : seq.prompt_len - 1 + t]
+    dec = model.get_decoder()
+    p, t = seq.prompt_len, seq.completion_ids.shape[1]
+    if group_size > 1 and seq.input_ids.shape[0] % group_size == 0:
+        first = slice(None, None, group_size)
+        head = dec(**_inputs(model, seq, slice(None, p), first), attention_mask=seq.attention_mask[first, :p],
+                   position_ids=seq.position_ids[first, :p], use_cache=True)
+        cache = cache_of(head)
+        cache.batch_repeat_interleave(group_size)
+        tail = dec(**_inputs(model, seq, slice(p, None)), attention_mask=seq.attention_mask,
+                   position_ids=seq.position_ids[:, p:], use_cache=True, **with_cache(dec, cache))
+        last = head.last_hidden_state[:, -1:].repeat_interleave(group_size, dim=0)
+        return torch.cat([last, tail.last_hidden_state[:, : t - 1]], dim=1)
+    out = dec(**_inputs(model, seq, slice(None)), attention_mask=seq.attention_mask, position_ids=seq.position_ids,
+              use_cache=False)
+    return out.last_hidden_state[:, p - 1 : p - 1 + t]
 
 
-def score(model, seq: Sequences, temperature: float = 1.0, chunk: int = 1024, vocab_size: int | None = None):
+def score(model, seq: Sequences, temperature: float = 1.0, chunk: int = 1024, vocab_size: int | None = None,
+          group_size: int = 1):
     """(log-probs of the completion tokens [B, T], entropies [B, T], hidden states [B, T, H])."""
-    h = completion_hidden(model, seq)
+    h = completion_hidden(model, seq, group_size)
     w = model.get_output_embeddings().weight
     logp, ent = token_logprob_and_entropy(h, w, seq.completion_ids, seq.completion_mask, chunk, temperature,
                                           vocab_size)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +10,7 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from cdistill.budget import embed, has_budget_input
-from cdistill.models import Sequences
+from cdistill.models import Sequences, cache_of, with_cache
 from cdistill.objectives.costs import kl_rows
 from cdistill.objectives.masks import completion_mask
 
@@ -82,14 +81,6 @@ class BudgetTracking:
     temperature: float  # the student's log-probs in the cost are taken at the rollout temperature
 
 
-def _cache(model, out) -> dict:
-    """The KV cache of ``out`` as the keyword ``model.forward`` takes it (``cache`` since transformers 5.x,
-    ``past_key_values`` before)."""
-    if "cache" in inspect.signature(model.forward).parameters:
-        return {"cache": out.cache}
-    return {"past_key_values": out.past_key_values}
-
-
 def _running(kind: str, total: torch.Tensor, count: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
     """The constraint's running statistic C_t after one more token (see objectives.constraints)."""
     if kind == "sum":
@@ -154,9 +145,9 @@ def generate_with_budget(student, tokenizer, prompts, n_samples: int, gen: Gener
         pos = pos[:, -1:] + 1
         step = nxt[:, None]
         s_out = student(inputs_embeds=embed(student, step, z[:, None]), attention_mask=attn, position_ids=pos,
-                        use_cache=True, **_cache(student, s_out))
+                        use_cache=True, **with_cache(student, cache_of(s_out)))
         t_out = track.teacher(input_ids=step, attention_mask=attn, position_ids=pos, use_cache=True,
-                              **_cache(track.teacher, t_out))
+                              **with_cache(track.teacher, cache_of(t_out)))
     student.train(was_training)
     completion = torch.stack(tokens, dim=1)
     mask = completion_mask(completion, tokenizer.eos_token_id)

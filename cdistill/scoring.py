@@ -53,24 +53,25 @@ class Live:
 @torch.inference_mode()
 def score_rollout(rollout: Rollout, problems, task, student, teacher, constraint, temperature: float,
                   chunk: int, vocab: int, micro_batch: int, keep_teacher_hidden: bool = False,
-                  student_scores=None) -> tuple[Scored, dict[str, torch.Tensor]]:
+                  student_scores=None, share_prompt: bool = True) -> tuple[Scored, dict[str, torch.Tensor]]:
     """Score every completion of ``rollout`` (``problems`` holds one entry per completion).
 
     The teacher's [B, T, H] hidden states are kept for full-vocabulary terms of the update (the token_kl
     cost's direct gradient, ``gkd``, ``weakest_link``) when ``keep_teacher_hidden`` or the cost needs them.
     """
     seq = rollout.seq
+    g = rollout.group_size if share_prompt and micro_batch % rollout.group_size == 0 else 1
     parts, teacher_hidden = [], []
     for start in range(0, seq.input_ids.shape[0], micro_batch):
         mb = seq.select(slice(start, start + micro_batch))
         if student_scores is None:
-            s_logp, s_ent, s_h = score(student, mb, temperature, chunk, vocab)
+            s_logp, s_ent, s_h = score(student, mb, temperature, chunk, vocab, g)
         else:
             s_logp, s_ent, s_h = (x[start : start + micro_batch] for x in student_scores)
         with out_of_memory_hint(f"the teacher forward on {mb.input_ids.shape[0]} sequences of {mb.input_ids.shape[1]} "
                                 "tokens", "lower scoring.micro_batch or scoring.chunk, or load the teacher in "
                                 "bfloat16 (model.teacher.dtype=bfloat16)"):
-            t_logp, _, t_h = score(teacher, mb, 1.0, chunk, vocab)
+            t_logp, _, t_h = score(teacher, mb, 1.0, chunk, vocab, g)
         c = costs_for(constraint.cost, s_logp, t_logp, s_h, t_h, student.get_output_embeddings().weight,
                       teacher.get_output_embeddings().weight, mb.completion_mask, chunk, vocab, temperature)
         parts.append((s_logp, t_logp, c, s_ent))

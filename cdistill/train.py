@@ -66,6 +66,7 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
     o = cfg.optim
     adv = method.advantages(scored)
     denom = scored.mask.sum().clamp(min=1)
+    g = scored.group_size if cfg.scoring.share_prompt and o.micro_batch % scored.group_size == 0 else 1
     n = adv.shape[0]
     zero = torch.zeros((), device=adv.device)
     loss_sum, clip_sum, norm_sum, skipped = zero.clone(), zero.clone(), zero.clone(), 0
@@ -78,7 +79,7 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
                 logp, _, hidden = first_pass
             else:
                 logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk,
-                                        vocab)
+                                        vocab, g)
             loss, st = clipped_policy_loss(logp, scored.old_logp[rows], adv[rows], scored.mask[rows],
                                            o.clip_low, o.clip_high, denom)
             live = Live(rows, logp, hidden, scored.mask[rows], scored.teacher_logp[rows],
@@ -190,11 +191,12 @@ def train(cfg, run_dir: Path) -> dict:
                 with out_of_memory_hint("the student forward", "lower optim.micro_batch or set "
                                         "scoring.reuse_student_pass=false"):
                     first = score(student, rollout.seq.for_autograd(), cfg.rollout.temperature, cfg.scoring.chunk,
-                                  comp.vocab)
+                                  comp.vocab, rollout.group_size if cfg.scoring.share_prompt else 1)
             scored, extras = score_rollout(rollout, per_sample, comp.task, student, comp.teacher, cfg.constraint,
                                            cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab,
                                            cfg.scoring.micro_batch, method.needs_teacher_hidden,
-                                           None if first is None else [x.detach() for x in first])
+                                           None if first is None else [x.detach() for x in first],
+                                           cfg.scoring.share_prompt)
             t2 = time.time()
             with out_of_memory_hint("the student update", "lower optim.micro_batch (gradients are accumulated)"):
                 upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab, first)

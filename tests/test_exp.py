@@ -86,3 +86,11 @@ def test_tiny_stand_in_of_the_gsm8k_experiment_trains_two_steps_on_real_prompts(
     gold = {str(json.loads(line)["answer"]).split("####")[-1].strip().replace(",", "")
             for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()}
     assert len(records) == 3 and all(r["gold"] in gold for r in records)
+
+
+def test_the_slurm_launcher_config_composes():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
