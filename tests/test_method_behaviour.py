@@ -169,8 +169,9 @@ def test_saute_greedy_sampling_with_an_untrained_budget_input_equals_hf_generate
 def test_cmdp_with_a_large_penalty_satisfies_the_constraint_more_often_than_grpo_on_the_embedded_default(
         tmp_path_factory):
     # The embedded default at full size (built once here, ~2 min on 2 cores), a budget half the start
-    # student's samples break, 40 steps. Measured on the training batches of the last 10 steps (1280
-    # samples each): cmdp 0.599 vs grpo 0.538 satisfied, mean C(y) 10.7 vs 16.3 at the final evaluation.
+    # student's samples break, 40 steps, compared on the training batches of the last 10 steps (1280
+    # samples each). Measured by `cdistill train` with these settings (plain forward, before the
+    # shared-prompt one): cmdp 0.599 vs grpo 0.538 satisfied; mean C(y) 10.7 vs 16.3 at the final evaluation.
     from helpers import CONF
     from hydra import compose, initialize_config_dir
 

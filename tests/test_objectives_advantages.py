@@ -211,8 +211,8 @@ def test_weakest_link_exact_term_at_every_visited_prefix_matches_brute_force(inf
                 continue
             before = float(costs[b, :t].sum())
             gone = t > 0 and bool(stats.absorbed[b, t - 1])
-            want = brute_immediate((hs[b, t] @ ws.t()) / 0.5, ht[b, t] @ wt.t(), before, t + 1, gone, 1.4, 4.0,
-                                   informative)
+            want = brute_immediate((hs[b, t].detach() @ ws.t()) / 0.5, ht[b, t] @ wt.t(), before, t + 1, gone, 1.4,
+                                   4.0, informative)
             assert got[b, t].item() == pytest.approx(want, abs=1e-5)
     got.sum().backward()
     assert hs.grad.abs().sum() > 0

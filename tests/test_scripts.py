@@ -1,0 +1,27 @@
+"""The developer scripts run: the GPU smoke check at toy size on the CPU, the benchmark's plan."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_smoke_dry_run_trains_toy_qwen2_models_and_prints_its_table(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_smoke.py"), "--dry-run", "--models",
+                        str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = [line for line in r.stdout.splitlines() if line.startswith("| hf |")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    step, generate, score, update = (float(c) for c in cells[1:5])
+    assert step > 0 and generate > 0 and score > 0 and update > 0
+    assert float(cells[5]) > 0  # generated tokens per second
+
+
+def test_bench_dry_run_prints_the_plan_for_every_contender():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_step.py"), "--dry-run"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("cdistill_cmdp", "cdistill_cmdp_token_kl", "cdistill_soft_penalty", "trl_grpo", "trl_distillation"):
+        assert name in r.stdout
