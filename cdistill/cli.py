@@ -116,6 +116,8 @@ def _judge(cfg: DictConfig):
     with (out / "judge_samples.jsonl").open("w") as fh:
         for r in records:
             fh.write(json.dumps(r) + "\n")
+    if summary["failed_rate"] == 1.0:
+        raise UserError(f"every judgement failed ({records[0]['error']}); records in {out / 'judge_samples.jsonl'}")
     print(f"run_a vs run_b on {summary['n_problems']} problems (both orders): win {summary['win_rate']:.3f}  "
           f"loss {summary['loss_rate']:.3f}  tie {summary['tie_rate']:.3f}  failed {summary['failed_rate']:.3f}")
     print(f"wrote {out / 'judge.json'}")

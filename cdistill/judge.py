@@ -122,6 +122,9 @@ def solution_of(record: dict, which: str) -> str:
     raise ValueError(f"unknown judge.solution {which!r}; expected greedy or sample0")
 
 
+FAIL_FAST = 3  # problems; every one failed: stop instead of spending retries on all the others
+
+
 def judge_runs(judge, cfg, run_a: Path, run_b: Path, n_problems: int | None = None, progress=None):
     """Per-problem records and the summary (win / loss / tie / failed rates of A against B)."""
     a, b = load_samples(run_a), load_samples(run_b)
@@ -139,6 +142,8 @@ def judge_runs(judge, cfg, run_a: Path, run_b: Path, n_problems: int | None = No
         except JudgeError as e:
             rec["winner"], rec["error"] = "failed", str(e)
         records.append(rec)
+        if len(records) == FAIL_FAST and all(r["winner"] == "failed" for r in records):
+            break  # an endpoint that fails the first problems after its retries is down or misconfigured
     counts = Counter(r["winner"] for r in records)
     n = len(records)
     summary = {"run_a": str(run_a), "run_b": str(run_b), "n_problems": n, "judge_model": cfg.model,

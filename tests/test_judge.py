@@ -11,7 +11,7 @@ from helpers import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cdistill.judge import HFJudge, OpenAIJudge, combine, judge_runs, parse_verdict
+from cdistill.judge import FAIL_FAST, HFJudge, JudgeError, OpenAIJudge, combine, judge_runs, parse_verdict
 
 
 def judge_cfg(**over):
@@ -160,3 +160,32 @@ def test_judge_command_writes_its_results_where_the_report_finds_them(stub, runs
     assert json.loads(out.read_text())["win_rate"] == 1.0
     assert len((out.parent / "judge_samples.jsonl").read_text().splitlines()) == 3
     assert collect(a)[0][1]["judge"] == "1.00/0.00/0.00 vs b"
+
+
+def test_judge_command_against_an_unreachable_endpoint_stops_early_with_one_line(runs):
+    import subprocess
+    import sys
+
+    a, b = runs
+    r = subprocess.run([sys.executable, "-m", "cdistill.cli", "judge", f"run_a={a}", f"run_b={b}",
+                        "judge.base_url=http://127.0.0.1:9/v1", "judge.retries=0", "judge.timeout_s=1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("cdistill: error: every judgement failed (cannot reach "
+                           "http://127.0.0.1:9/v1/chat/completions")
+    (out,) = (a / "judge").glob("*/judge.json")  # what was tried is still recorded
+    assert json.loads(out.read_text())["failed_rate"] == 1.0
+
+
+def test_judging_stops_after_the_first_problems_all_fail(tmp_path):
+    a = write_run(tmp_path / "a", [f"GOOD {i}" for i in range(6)])
+    b = write_run(tmp_path / "b", [f"bad {i}" for i in range(6)])
+    calls = []
+
+    def down(prompt):
+        calls.append(prompt)
+        raise JudgeError("cannot reach the endpoint")
+
+    summary, records = judge_runs(down, judge_cfg(), a, b)
+    assert len(records) == FAIL_FAST < 6 and len(calls) == FAIL_FAST and summary["failed_rate"] == 1.0
