@@ -64,9 +64,24 @@ def load_if_present(model, path: str | Path) -> bool:
     return True
 
 
-def save_student(model, tokenizer, out_dir: Path) -> None:
-    """The student in Hugging Face format (plus its budget input, for ``saute``)."""
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def save_student(model, tokenizer, out_dir: Path, final: bool = True) -> None:
+    """The student in Hugging Face format (plus its budget input, for ``saute``).
+
+    A LoRA student is saved merged when ``final`` (a plain model that ``from_pretrained`` loads without
+    cdistill or peft; the merge happens in place, after training) and as its adapter otherwise (checkpoints:
+    the base model is the run's configured student).
+    """
     out_dir = Path(out_dir)
+    if is_peft(model):
+        if not final:
+            model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
+            return
+        model = model.merge_and_unload()
     extra = model.budget_input if has_budget_input(model) else None
     if extra is not None:
         del model.budget_input  # not an HF weight: saved on its own below

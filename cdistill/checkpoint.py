@@ -78,7 +78,7 @@ def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state
     tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_student(student, tokenizer, tmp / "student")
+    save_student(student, tokenizer, tmp / "student", final=False)
     torch.save({**trainer, "rng": rng_state()}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint(cfg), **state}, indent=2))
     for name in ("metrics.jsonl", "evals.jsonl"):

@@ -96,12 +96,37 @@ def build_components(cfg, student_path: str | None = None) -> Components:
         s_kw = {"gguf_file": cfg.model.student.gguf_file} if cfg.model.student.get("gguf_file") else {}
     tokenizer = load_tokenizer(teacher_path, **t_kw)
     task.bind_tokenizer(tokenizer)
-    check_same_vocabulary(load_tokenizer(student_path, **s_kw), tokenizer)
-    student = load_model(student_path, cfg.model.student.dtype, device, **s_kw)
+    check_same_vocabulary(load_tokenizer(student_path, **s_kw), tokenizer)  # (adapter checkpoints hold one too)
+    adapter = Path(student_path, "adapter_config.json").is_file()  # a LoRA checkpoint: base + adapter
+    base_path = resolve_model_path(cfg.model.student.name_or_path, cfg) if adapter else student_path
+    student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
+    student = student_options(student, cfg.model.student, student_path if adapter else None)
     load_if_present(student, student_path)  # a saute student's budget input
     teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, **t_kw).eval()
     teacher.requires_grad_(False)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
+
+
+def student_options(student, s_cfg, adapter_path: str | None = None):
+    """Gradient checkpointing and a LoRA adapter (new, or loaded from a checkpoint) on the student."""
+    if s_cfg.get("gradient_checkpointing"):
+        # renamed "activation checkpointing" in transformers 5.x; the old name still works before it
+        enable = getattr(student, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = s_cfg.get("lora")
+    if not lora and adapter_path is None:
+        return student
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise ModelError("model.student.lora needs peft: pip install 'cdistill[lora]'") from None
+    if adapter_path is not None:
+        return PeftModel.from_pretrained(student, adapter_path, is_trainable=True)
+    return get_peft_model(student, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.get("dropout", 0.0),
+                                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
 
 
 def autocast(cfg, device: str):

@@ -121,8 +121,9 @@ def train(cfg, run_dir: Path) -> dict:
     student, tok = comp.student, comp.tokenizer
     if method.conditions_on_budget and not has_budget_input(student):
         attach(student, cfg.method.budget_clip)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                            betas=tuple(cfg.optim.betas))
+    # a LoRA student trains its adapter only
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                            weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
     steps = cfg.optim.steps
     # the scheduler counts optimiser steps: inner_epochs of them per training step
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -134,3 +134,50 @@ def test_sharing_the_student_forward_between_scoring_and_update_changes_nothing(
         weights.append(AutoModelForCausalLM.from_pretrained(out / "student").state_dict())
     for k in weights[0]:
         torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-5, atol=1e-6)
+
+
+LORA = "model.student.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}"
+
+
+def test_a_lora_student_trains_its_adapter_only_and_is_saved_merged(tmp_path, cache):
+    cfg = tiny_cfg(tmp_path, LORA, "optim.lr=1e-2", "constraint.threshold=1", "eval.at_start=false",
+                   "optim.micro_batch=64", cache=cache)
+    base = build_components(cfg).student  # the configured student with a fresh adapter
+    base_weights = {k.replace("base_model.model.", "").replace(".base_layer", ""): v.clone()
+                    for k, v in base.state_dict().items() if "lora_" not in k}
+    run = tmp_path / "run"
+    run.mkdir()
+    train(cfg, run)
+    merged = AutoModelForCausalLM.from_pretrained(run / "student").state_dict()  # plain HF, no peft needed
+    changed = {k for k in merged if not torch.equal(merged[k], base_weights[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)
+
+
+def test_a_lora_run_resumes_from_its_adapter_checkpoint_to_the_same_weights(tmp_path, cache):
+    common = [LORA, "optim.lr=1e-2", "constraint.threshold=1", "eval.at_start=false", "optim.micro_batch=64",
+              "optim.steps=3", "checkpoint.every=1", "checkpoint.keep=5"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir()
+    train(tiny_cfg(tmp_path, *common, cache=cache), straight)
+    ckpt = straight / "checkpoints" / "step-000001"
+    assert (ckpt / "student" / "adapter_config.json").is_file()
+    resumed.mkdir()
+    train(tiny_cfg(tmp_path, *common, f"resume={ckpt}", cache=cache), resumed)
+    a = AutoModelForCausalLM.from_pretrained(straight / "student").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(resumed / "student").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, cache):
+    weights = []
+    for ckpt in (False, True):
+        out = tmp_path / str(ckpt)
+        out.mkdir()
+        cfg = tiny_cfg(tmp_path, f"model.student.gradient_checkpointing={ckpt}", "optim.lr=1e-2",
+                       "constraint.threshold=1", "eval.at_start=false", cache=cache)
+        layer = build_components(cfg).student.get_decoder().layers[0]
+        assert layer.gradient_checkpointing == ckpt  # the option reaches the decoder layers
+        train(cfg, out)
+        weights.append(AutoModelForCausalLM.from_pretrained(out / "student").state_dict())
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=1e-5, atol=1e-6)
