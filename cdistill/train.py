@@ -151,16 +151,16 @@ def train(cfg, run_dir: Path) -> dict:
         logger.log({"step": step, **{f"eval/{k}": v for k, v in report.items() if isinstance(v, int | float)}})
         return report
 
-    first, start_reports, bad_total, bad_run = 1, {}, 0, 0
+    first_step, start_reports, bad_total, bad_run = 1, {}, 0, 0
     if resume_from is not None:
         opt.load_state_dict(trainer_state["optimizer"])
         sched.load_state_dict(trainer_state["scheduler"])
         method.load_state_dict(trainer_state["method"])
         stream.load_state_dict(trainer_state["stream"])
-        first, start_reports = ckpt_state["step"] + 1, ckpt_state["start_reports"]
+        first_step, start_reports = ckpt_state["step"] + 1, ckpt_state["start_reports"]
         bad_total, bad_run = ckpt_state["bad_steps"], ckpt_state["bad_run"]
         checkpoint.set_rng_state(trainer_state["rng"])
-        log.info("resumed from %s at step %d", resume_from, first)
+        log.info("resumed from %s at step %d", resume_from, first_step)
     else:
         if cfg.eval.at_start:
             start_reports["student"] = run_eval(0, final=False)
@@ -173,8 +173,8 @@ def train(cfg, run_dir: Path) -> dict:
     ck, guards = cfg.checkpoint, cfg.guards
     last_ckpt = resume_from
     t_start = time.time()
-    bar = tqdm(range(first, steps + 1), desc=f"{method.name}", disable=not cfg.logging.progress, mininterval=1.0,
-               initial=first - 1, total=steps)
+    bar = tqdm(range(first_step, steps + 1), desc=f"{method.name}", disable=not cfg.logging.progress,
+               mininterval=1.0, initial=first_step - 1, total=steps)
     for step in bar:
         t0 = time.time()
         source = method.source(step)
@@ -187,20 +187,21 @@ def train(cfg, run_dir: Path) -> dict:
             t1 = time.time()
             per_sample = [p for p in problems for _ in range(k)]
             # one student forward serves scoring and the first update when the batch is one micro-batch
-            first = None
+            shared_pass = None
             if cfg.scoring.reuse_student_pass and len(per_sample) <= cfg.optim.micro_batch:
                 with out_of_memory_hint("the student forward", "lower optim.micro_batch or set "
                                         "scoring.reuse_student_pass=false"):
-                    first = score(student, rollout.seq.for_autograd(), cfg.rollout.temperature, cfg.scoring.chunk,
-                                  comp.vocab, rollout.group_size if cfg.scoring.share_prompt else 1)
+                    shared_pass = score(student, rollout.seq.for_autograd(), cfg.rollout.temperature, cfg.scoring.chunk,
+                                        comp.vocab, rollout.group_size if cfg.scoring.share_prompt else 1)
             scored, extras = score_rollout(rollout, per_sample, comp.task, student, comp.teacher, cfg.constraint,
                                            cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab,
                                            cfg.scoring.micro_batch, method.needs_teacher_hidden,
-                                           None if first is None else [x.detach() for x in first],
+                                           None if shared_pass is None else [x.detach() for x in shared_pass],
                                            cfg.scoring.share_prompt)
             t2 = time.time()
             with out_of_memory_hint("the student update", "lower optim.micro_batch (gradients are accumulated)"):
-                upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab, first)
+                upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab,
+                             shared_pass)
             t3 = time.time()
         bad_run = bad_run + 1 if upd["skipped_updates"] else 0
         bad_total += bool(upd["skipped_updates"])
