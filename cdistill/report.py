@@ -84,6 +84,14 @@ def _pyplot():
     return plt
 
 
+def pareto_axis(summaries: list[dict]) -> tuple[str, str]:
+    """The divergence to plot: C(y) when every run measures it the same way; otherwise (a weakest_link run
+    beside logratio runs, say) the sampled KL per token, which every run reports alike."""
+    if len({(s.get("cost"), s.get("kind")) for s in summaries}) <= 1:
+        return "divergence_mean", "mean divergence C(y) from the teacher (held-out samples)"
+    return "sampled_kl_per_token", "sampled KL per token to the teacher (runs differ in their constraint)"
+
+
 def plot_pareto(runs, out: Path) -> None:
     """Accuracy against mean divergence: one marked curve per method, each point labelled by its budget.
 
@@ -92,24 +100,25 @@ def plot_pareto(runs, out: Path) -> None:
     point hidden under another method's stays visible.
     """
     plt = _pyplot()
+    x_key, x_label = pareto_axis([s for _, s in runs])
     by_method = defaultdict(list)
     for _, s in runs:
         by_method[s["method"]].append(s)
     fig, ax = plt.subplots(figsize=(6.8, 4.8))
     for i, (method, ss) in enumerate(sorted(by_method.items())):
-        ss = sorted(ss, key=lambda s: (s["divergence_mean"], s["threshold"]))
-        ax.plot([s["divergence_mean"] for s in ss], [s["accuracy_sampled"] for s in ss], marker=MARKERS[i % 8],
-                markersize=9 - i, fillstyle="none" if i % 2 else "full", label=method, alpha=0.85)
+        ss = sorted(ss, key=lambda s: (s[x_key], s["threshold"]))
+        ax.plot([s[x_key] for s in ss], [s["accuracy_sampled"] for s in ss], marker=MARKERS[i % 8],
+                markersize=9 - i % 5, fillstyle="none" if i % 2 else "full", label=method, alpha=0.85)
         points = defaultdict(list)
         for s in ss:
-            points[(round(s["divergence_mean"], 6), round(s["accuracy_sampled"], 6))].append(f"{s['threshold']:g}")
+            points[(round(s[x_key], 6), round(s["accuracy_sampled"], 6))].append(f"{s['threshold']:g}")
         for (x, y), ds in points.items():
             ax.annotate("d=" + ",".join(ds), (x, y), fontsize=7, textcoords="offset points",
                         xytext=(5, 4 - 9 * (i % 2)))
     starts = [s for _, s in runs if s.get("start_accuracy_sampled") is not None]
     if starts:
         ax.axhline(starts[0]["start_accuracy_sampled"], color="grey", ls=":", lw=1, label="student before RL")
-    ax.set_xlabel("mean divergence C(y) from the teacher (held-out samples)")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("accuracy (sampled)")
     ax.set_title("accuracy against divergence, one curve per method")
     ax.grid(alpha=0.3)

@@ -44,3 +44,12 @@ def test_report_skips_a_corrupt_summary_and_fails_on_nothing(tmp_path):
     with pytest.raises(SystemExit) as e:
         report_main([str(tmp_path / "empty_missing")])
     assert e.value.code == 2
+
+
+def test_pareto_plots_c_of_y_only_when_every_run_measures_it_the_same_way():
+    from cdistill.report import pareto_axis
+
+    same = [{"cost": "logratio", "kind": "sum"}, {"cost": "logratio", "kind": "sum"}]
+    mixed = [*same, {"cost": "teacher_nll", "kind": "prefix_mean"}]
+    assert pareto_axis(same)[0] == "divergence_mean"
+    assert pareto_axis(mixed)[0] == "sampled_kl_per_token"
