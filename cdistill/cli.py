@@ -67,6 +67,8 @@ def _train(cfg: DictConfig):
     if (run_dir / "metrics.jsonl").is_file() and not cfg.overwrite and not cfg.resume:
         raise UserError(f"{run_dir} holds an unfinished run; resume=auto continues it, overwrite=true starts it over")
     summary = train(cfg, run_dir)
+    if not summary:  # a secondary process of accelerate launch: the main one reports
+        return None
     print(f"\n[{summary['method']} d={summary['threshold']}] {run_dir}")
     print(format_report(summary))
     return summary["accuracy_sampled"]

@@ -84,8 +84,8 @@ class Components:
     device: str
 
 
-def build_components(cfg, student_path: str | None = None) -> Components:
-    device = pick_device(cfg.device)
+def build_components(cfg, student_path: str | None = None, device: str | None = None) -> Components:
+    device = device or pick_device(cfg.device)
     task = build_task(cfg.task)
     teacher_path = resolve_model_path(cfg.model.teacher.name_or_path, cfg)
     # a GGUF file (model.<role>.gguf_file) is read by transformers, dequantised to the configured dtype

@@ -3,6 +3,7 @@ every number it computes comes from ``cdistill.objectives`` through a method (``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -15,6 +16,7 @@ from tqdm.auto import tqdm
 
 from cdistill import checkpoint
 from cdistill.budget import attach, has_budget_input, save_student
+from cdistill.distributed import Dist, write_rank_state
 from cdistill.evaluate import evaluate, format_report, write_eval
 from cdistill.logger import MetricsLogger
 from cdistill.methods import build_method
@@ -22,7 +24,14 @@ from cdistill.metrics import batch_summary
 from cdistill.models import score
 from cdistill.objectives import clipped_policy_loss
 from cdistill.rollout import generation_config
-from cdistill.runtime import absolute, autocast, build_components, out_of_memory_hint, seed_everything
+from cdistill.runtime import (
+    absolute,
+    autocast,
+    build_components,
+    out_of_memory_hint,
+    pick_device,
+    seed_everything,
+)
 from cdistill.scoring import Live, score_rollout
 from cdistill.sft import lr_lambda
 from cdistill.sources import SAMPLED, TeacherSolutions, collect
@@ -54,7 +63,7 @@ class PromptStream:
         return out
 
 
-def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_pass=None):
+def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_pass=None, scorer=None, dist=None):
     """One optimiser step per inner epoch, gradients accumulated over micro-batches of completions.
 
     ``first_pass`` (log-probs, entropies, hidden states of the whole batch, with their graph) is the forward
@@ -62,10 +71,15 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
 
     An optimiser step whose loss or gradient norm is not finite is skipped (gradients dropped, weights
     untouched) and counted in ``skipped``: one bad batch must not poison the weights.
+
+    Under several processes (``dist``), ``scorer`` is the DDP-wrapped student forward: gradients are averaged
+    across ranks, the token mean is over every rank's tokens, and a step is skipped on every rank or none.
     """
     o = cfg.optim
     adv = method.advantages(scored)
     denom = scored.mask.sum().clamp(min=1)
+    if dist is not None and dist.world > 1:  # DDP averages gradients: divide by the mean token count
+        denom = dist.sum(denom.float()) / dist.world
     g = scored.group_size if cfg.scoring.share_prompt and o.micro_batch % scored.group_size == 0 else 1
     n = adv.shape[0]
     zero = torch.zeros((), device=adv.device)
@@ -75,25 +89,33 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
         epoch_loss = zero.clone()
         for start in range(0, n, o.micro_batch):
             rows = torch.arange(start, min(n, start + o.micro_batch), device=adv.device)
-            if first_pass is not None and epoch == 0:
-                logp, _, hidden = first_pass
-            else:
-                logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk,
-                                        vocab, g)
-            loss, st = clipped_policy_loss(logp, scored.old_logp[rows], adv[rows], scored.mask[rows],
-                                           o.clip_low, o.clip_high, denom)
-            live = Live(rows, logp, hidden, scored.mask[rows], scored.teacher_logp[rows],
-                        None if scored.teacher_hidden is None else scored.teacher_hidden[rows],
-                        student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
-                        cfg.scoring.chunk, vocab, cfg.rollout.temperature)
-            extra = method.extra_loss(scored, live, denom)
-            total = loss if extra is None else loss + extra
-            total.backward()
+            # under DDP, gradients are all-reduced once, with the last micro-batch's backward
+            accumulate = start + o.micro_batch < n and scorer is not None and scorer.no_sync is not None
+            with scorer.no_sync() if accumulate else contextlib.nullcontext():
+                if first_pass is not None and epoch == 0:
+                    logp, _, hidden = first_pass
+                elif scorer is not None:
+                    logp, _, hidden = scorer(seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk, vocab, g)
+                else:
+                    logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk,
+                                            vocab, g)
+                loss, st = clipped_policy_loss(logp, scored.old_logp[rows], adv[rows], scored.mask[rows],
+                                               o.clip_low, o.clip_high, denom)
+                live = Live(rows, logp, hidden, scored.mask[rows], scored.teacher_logp[rows],
+                            None if scored.teacher_hidden is None else scored.teacher_hidden[rows],
+                            student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
+                            cfg.scoring.chunk, vocab, cfg.rollout.temperature)
+                extra = method.extra_loss(scored, live, denom)
+                total = loss if extra is None else loss + extra
+                total.backward()
             epoch_loss += total.detach()
             clip_sum += st["clip_frac"] * len(rows) / n
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
-        # the one host sync of the update: whether to apply this step
-        if bool(torch.isfinite(epoch_loss) & torch.isfinite(grad_norm)):
+        # the one host sync of the update: whether to apply this step (on every rank alike)
+        finite = (torch.isfinite(epoch_loss) & torch.isfinite(grad_norm)).float()
+        if dist is not None and dist.world > 1:
+            finite = (dist.sum(finite) == dist.world).float()
+        if bool(finite):
             opt.step()
         else:
             opt.zero_grad(set_to_none=True)
@@ -112,11 +134,17 @@ class TrainingError(RuntimeError):
 
 def train(cfg, run_dir: Path) -> dict:
     validate(cfg)
+    dist = Dist(pick_device(cfg.device))
+    if dist.world > 1 and (cfg.checkpoint.every or cfg.get("resume")):
+        raise ValueError("checkpoints and resume are single-process for now; set checkpoint.every=0 under "
+                         "accelerate launch")
     resume_from = checkpoint.find(cfg.get("resume"), run_dir)
     if resume_from is not None:
         trainer_state, ckpt_state = checkpoint.load(resume_from, cfg)
     seed_everything(cfg.seed)
-    comp = build_components(cfg, student_path=str(resume_from / "student") if resume_from else None)
+    with dist.main_first():
+        comp = build_components(cfg, student_path=str(resume_from / "student") if resume_from else None,
+                                device=str(dist.accelerator.device) if dist.world > 1 else None)
     method = build_method(cfg.method, cfg.constraint, cfg.optim)
     student, tok = comp.student, comp.tokenizer
     if method.conditions_on_budget and not has_budget_input(student):
@@ -129,16 +157,21 @@ def train(cfg, run_dir: Path) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(cfg.optim.warmup, steps * cfg.optim.inner_epochs, cfg.optim.schedule))
     gen = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
-    stream = PromptStream(comp.task.train, cfg.seed)
+    # every rank samples its own prompts (rank 0 draws exactly what a single process draws)
+    stream = PromptStream(comp.task.train, cfg.seed + dist.rank)
+    scorer = dist.scorer(student)
+    method.reduce_mean = dist.mean
     solutions = TeacherSolutions(absolute(cfg.paths.cache), comp.teacher.name_or_path, cfg.rollout.max_new_tokens)
 
     if resume_from is not None:
         checkpoint.restore_logs(resume_from, run_dir)
-    else:  # a fresh run (overwrite=true included) starts its logs from nothing
+    elif dist.is_main:  # a fresh run (overwrite=true included) starts its logs from nothing
         for name in ("metrics.jsonl", "evals.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
-    logger = MetricsLogger(run_dir, cfg, resume=resume_from is not None)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # the main process logs, evaluates and saves; the others train
+    logger = MetricsLogger(run_dir, cfg, resume=resume_from is not None) if dist.is_main else None
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     def run_eval(step: int, final: bool) -> dict:
         t = time.time()
@@ -162,14 +195,14 @@ def train(cfg, run_dir: Path) -> dict:
         checkpoint.set_rng_state(trainer_state["rng"])
         log.info("resumed from %s at step %d", resume_from, first_step)
     else:
-        if cfg.eval.at_start:
+        if cfg.eval.at_start and dist.is_main:
             start_reports["student"] = run_eval(0, final=False)
             start_reports["teacher"], _ = evaluate(comp, cfg, policy=comp.teacher)
             log.info("before training: %s", format_report(start_reports["student"]))
         # Re-seed at the start of the loop: set-up (building or loading models, the first from_pretrained of
         # a process, evaluations) draws from the global RNGs differently in a fresh process, a later job of a
         # multirun, or with a cold cache; the RL run itself must depend on the seed alone.
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed + dist.rank)
     ck, guards = cfg.checkpoint, cfg.guards
     last_ckpt = resume_from
     t_start = time.time()
@@ -191,7 +224,7 @@ def train(cfg, run_dir: Path) -> dict:
             if cfg.scoring.reuse_student_pass and len(per_sample) <= cfg.optim.micro_batch:
                 with out_of_memory_hint("the student forward", "lower optim.micro_batch or set "
                                         "scoring.reuse_student_pass=false"):
-                    shared_pass = score(student, rollout.seq.for_autograd(), cfg.rollout.temperature, cfg.scoring.chunk,
+                    shared_pass = scorer(rollout.seq.for_autograd(), cfg.rollout.temperature, cfg.scoring.chunk,
                                         comp.vocab, rollout.group_size if cfg.scoring.share_prompt else 1)
             scored, extras = score_rollout(rollout, per_sample, comp.task, student, comp.teacher, cfg.constraint,
                                            cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab,
@@ -201,21 +234,24 @@ def train(cfg, run_dir: Path) -> dict:
             t2 = time.time()
             with out_of_memory_hint("the student update", "lower optim.micro_batch (gradients are accumulated)"):
                 upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab,
-                             shared_pass)
+                             shared_pass, scorer, dist)
             t3 = time.time()
         bad_run = bad_run + 1 if upd["skipped_updates"] else 0
         bad_total += bool(upd["skipped_updates"])
         record = {"step": step, **batch_summary(scored, extras), **upd, **method.after_step(scored),
                   "bad_steps": bad_total, "lr": sched.get_last_lr()[0], "time_generate": t1 - t0,
                   "time_score": t2 - t1, "time_update": t3 - t2, "time_step": t3 - t0}
-        logger.log(record)
+        tokens = float(scored.mask.sum())  # per-token metrics average over every rank's tokens
+        record = dist.weighted(record, {"sampled_kl_per_token": tokens, "entropy": tokens})
+        if logger is not None:
+            logger.log(record)
         bar.set_postfix(reward=f"{record['reward']:.2f}", div=f"{record['divergence_mean']:.2f}",
                         sat=f"{record['satisfaction_rate']:.2f}", refresh=False)
         if bad_run >= guards.max_bad_steps:
             where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
             raise TrainingError(f"stopped at step {step}: {bad_run} steps in a row had a non-finite loss or "
                                 f"gradient (lower optim.lr, check the data){where}")
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < steps:
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < steps and dist.is_main:
             run_eval(step, final=False)
         if ck.every and step % ck.every == 0 and step < steps and not bad_run:
             last_ckpt = checkpoint.save(
@@ -224,11 +260,17 @@ def train(cfg, run_dir: Path) -> dict:
                  "stream": stream.state_dict()},
                 {"start_reports": start_reports, "bad_steps": bad_total, "bad_run": bad_run}, ck.keep)
     train_seconds = time.time() - t_start
+    if dist.world > 1:
+        write_rank_state(run_dir, dist.rank, student, method.state_dict())
+        dist.barrier()
+        if not dist.is_main:
+            return {}
     if cfg.save_student:
         save_student(student, tok, run_dir / "student")
     final = run_eval(steps, final=True)
     summary = {"method": method.name, "threshold": cfg.constraint.threshold, "steps": steps,
                "train_seconds": train_seconds, "bad_steps": bad_total, "method_state": method.state_dict(),
+               "processes": dist.world,
                **final}
     if "student" in start_reports:
         s_rep, t_rep = start_reports["student"], start_reports["teacher"]

@@ -35,6 +35,8 @@ class Method:
 
     def __init__(self, cfg, constraint, optim):
         self.cfg, self.constraint, self.optim = cfg, constraint, optim
+        # the mean of a per-rank number over every process (set by the loop under accelerate launch)
+        self.reduce_mean = lambda x: x
 
     def normalize(self, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-token rewards → reward-to-go → per-prompt group normalisation (shared by all methods)."""

@@ -28,7 +28,7 @@ class Lagrangian(Method):
         return lagrangian_advantage(a_r, a_c, self.lam)
 
     def after_step(self, b: Scored):
-        measured = float(b.stats.value.mean())
+        measured = self.reduce_mean(float(b.stats.value.mean()))  # every rank's batch: one λ for all
         c, d = self.cfg, self.constraint.threshold
         if c.controller == "pid":
             self.state = self._update(self.state, measured, d, c.pid.kp, c.pid.ki, c.pid.kd, c.ema_decay, c.lam_max)
