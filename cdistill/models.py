@@ -101,6 +101,12 @@ def _inputs(model, seq: Sequences, cols: slice, rows=slice(None)) -> dict:
     return {"input_ids": ids}
 
 
+def prompt_groups(group_size: int, micro_batch: int, share_prompt: bool) -> int:
+    """The group size to share prompts over (``completion_hidden``): 1 (no sharing) unless enabled and every
+    micro-batch holds whole groups."""
+    return group_size if share_prompt and micro_batch % group_size == 0 else 1
+
+
 def completion_hidden(model, seq: Sequences, group_size: int = 1) -> torch.Tensor:
     """Final hidden states [B, T, H] at the positions that predict each completion token.
 

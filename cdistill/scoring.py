@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from cdistill.methods.base import Scored
-from cdistill.models import score
+from cdistill.models import prompt_groups, score
 from cdistill.objectives import constraint_stats, logratio_cost, teacher_nll_cost, token_kl_cost
 from cdistill.rollout import Rollout
 from cdistill.runtime import out_of_memory_hint
@@ -60,7 +60,7 @@ def score_rollout(rollout: Rollout, problems, task, student, teacher, constraint
     cost's direct gradient, ``gkd``, ``weakest_link``) when ``keep_teacher_hidden`` or the cost needs them.
     """
     seq = rollout.seq
-    g = rollout.group_size if share_prompt and micro_batch % rollout.group_size == 0 else 1
+    g = prompt_groups(rollout.group_size, micro_batch, share_prompt)
     parts, teacher_hidden = [], []
     for start in range(0, seq.input_ids.shape[0], micro_batch):
         mb = seq.select(slice(start, start + micro_batch))

@@ -48,17 +48,23 @@ class TeacherSolutions:
     def __init__(self, cache_dir: str | Path, teacher_id: str, max_new_tokens: int):
         key = hashlib.sha256(json.dumps([teacher_id, max_new_tokens]).encode()).hexdigest()[:16]
         self.path = Path(cache_dir) / f"seqkd-{key}.jsonl"
-        self.known: dict[str, str] = {}
+        self.known: dict[str, str] | None = None  # read on first use: only seqkd ever asks
         self.generated = 0
+
+    def _load(self) -> dict[str, str]:
+        known = {}
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a killed run: regenerate that prompt
                     continue
-                self.known[row["prompt"]] = row["completion"]
+                known[row["prompt"]] = row["completion"]
+        return known
 
     def get(self, comp, cfg, prompts: list[str]) -> list[str]:
+        if self.known is None:
+            self.known = self._load()
         missing = list(dict.fromkeys(p for p in prompts if p not in self.known))
         if missing:
             gen = generation_config(comp.tokenizer, cfg.rollout.max_new_tokens, 1.0, 1.0, True)

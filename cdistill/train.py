@@ -21,7 +21,7 @@ from cdistill.evaluate import evaluate, format_report, write_eval
 from cdistill.logger import MetricsLogger
 from cdistill.methods import build_method
 from cdistill.metrics import batch_summary
-from cdistill.models import score
+from cdistill.models import prompt_groups, score
 from cdistill.objectives import clipped_policy_loss
 from cdistill.rollout import generation_config
 from cdistill.runtime import (
@@ -80,7 +80,7 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
     denom = scored.mask.sum().clamp(min=1)
     if dist is not None and dist.world > 1:  # DDP averages gradients: divide by the mean token count
         denom = dist.sum(denom.float()) / dist.world
-    g = scored.group_size if cfg.scoring.share_prompt and o.micro_batch % scored.group_size == 0 else 1
+    g = prompt_groups(scored.group_size, o.micro_batch, cfg.scoring.share_prompt)
     n = adv.shape[0]
     zero = torch.zeros((), device=adv.device)
     loss_sum, clip_sum, norm_sum, skipped = zero.clone(), zero.clone(), zero.clone(), 0
@@ -225,7 +225,8 @@ def train(cfg, run_dir: Path) -> dict:
                 with out_of_memory_hint("the student forward", "lower optim.micro_batch or set "
                                         "scoring.reuse_student_pass=false"):
                     shared_pass = scorer(rollout.seq.for_autograd(), cfg.rollout.temperature, cfg.scoring.chunk,
-                                        comp.vocab, rollout.group_size if cfg.scoring.share_prompt else 1)
+                                        comp.vocab, prompt_groups(rollout.group_size, len(per_sample),
+                                                                  cfg.scoring.share_prompt))
             scored, extras = score_rollout(rollout, per_sample, comp.task, student, comp.teacher, cfg.constraint,
                                            cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab,
                                            cfg.scoring.micro_batch, method.needs_teacher_hidden,
