@@ -15,7 +15,13 @@ def quantile(x: torch.Tensor, q: float) -> float:
 def batch_summary(b: Scored, extras: dict[str, torch.Tensor]) -> dict[str, float]:
     value = b.stats.value
     lengths = b.mask.sum(1).double()
-    return {
+    engine = {}
+    if b.sampler_logp is not None:  # how far the rollout engine's log-probs are from the trainer's
+        gap = b.old_logp - b.sampler_logp
+        engine = {"sampler_logp_abs_diff": float(token_mean(gap.abs(), b.mask)),
+                  "sampler_ratio_max": float(gap.masked_fill(~b.mask.bool(), float("-inf")).max().exp())
+                  if b.mask.any() else 1.0}
+    return {**engine,
         "reward": float(b.task_reward.mean()),
         "divergence_mean": float(value.mean()),
         "divergence_median": quantile(value, 0.5),

@@ -20,6 +20,9 @@ class Rollout:
     seq: Sequences
     texts: list[str]  # decoded completions, EOS and padding stripped
     group_size: int
+    # [B, T] the log-prob the sampling engine drew each token with, when it is not the trainer's own
+    # forward (vLLM); None for the HF backend, whose sampler is the trained model itself
+    sampler_logp: torch.Tensor | None = None
 
 
 def generation_config(tokenizer, max_new_tokens: int, temperature: float, top_p: float, greedy: bool,

@@ -84,6 +84,7 @@ def score_rollout(rollout: Rollout, problems, task, student, teacher, constraint
     stats = constraint_stats(costs, mask, constraint.threshold, constraint.kind)
     scored = Scored(mask=mask, task_reward=reward, old_logp=s_logp, teacher_logp=t_logp, costs=costs, stats=stats,
                     group_size=rollout.group_size,
-                    teacher_hidden=torch.cat(teacher_hidden) if teacher_hidden else None)
+                    teacher_hidden=torch.cat(teacher_hidden) if teacher_hidden else None,
+                    sampler_logp=rollout.sampler_logp)
     extras = {"entropy": entropy, "sampled_kl": logratio_cost(s_logp, t_logp, mask)}
     return scored, extras

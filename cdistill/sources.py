@@ -80,11 +80,17 @@ class TeacherSolutions:
         return [self.known[p] for p in prompts]
 
 
-def collect(source: str, comp, cfg, problems, k: int, gen, solutions: TeacherSolutions | None = None) -> Rollout:
-    """The completions of one training batch from ``source`` for ``problems`` (``k`` per prompt if sampled)."""
+def collect(source: str, comp, cfg, problems, k: int, gen, solutions: TeacherSolutions | None = None,
+            sampler=None) -> Rollout:
+    """The completions of one training batch from ``source`` for ``problems`` (``k`` per prompt if sampled).
+
+    ``sampler`` (``engines.EngineSampler``, ``rollout.backend=vllm``) samples the student instead of ``generate``.
+    """
     prompts = [comp.task.prompt(p) for p in problems]
     special, n = comp.task.add_special_tokens, cfg.rollout.max_new_tokens
     if source == "student":
+        if sampler is not None:
+            return sampler.sample(comp.student, prompts, k, gen, special)
         return generate(comp.student, comp.tokenizer, prompts, k, gen, comp.device, special)
     if source == "teacher":
         return generate(comp.teacher, comp.tokenizer, prompts, k, gen, comp.device, special)

@@ -17,12 +17,13 @@ from tqdm.auto import tqdm
 from cdistill import checkpoint
 from cdistill.budget import attach, has_budget_input, save_student
 from cdistill.distributed import Dist, write_rank_state
+from cdistill.engines import build_sampler
 from cdistill.evaluate import evaluate, format_report, write_eval
 from cdistill.logger import MetricsLogger
 from cdistill.methods import build_method
 from cdistill.metrics import batch_summary
 from cdistill.models import prompt_groups, score
-from cdistill.objectives import clipped_policy_loss
+from cdistill.objectives import clipped_policy_loss, truncated_importance_weights
 from cdistill.rollout import generation_config
 from cdistill.runtime import (
     absolute,
@@ -30,6 +31,7 @@ from cdistill.runtime import (
     build_components,
     out_of_memory_hint,
     pick_device,
+    resolve_model_path,
     seed_everything,
 )
 from cdistill.scoring import Live, score_rollout
@@ -77,6 +79,11 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
     """
     o = cfg.optim
     adv = method.advantages(scored)
+    # samples drawn by another engine (vLLM) are re-weighted towards the trainer's own policy
+    is_weights = None
+    if scored.sampler_logp is not None:
+        is_weights = truncated_importance_weights(scored.old_logp, scored.sampler_logp, scored.mask,
+                                                  cfg.rollout.importance_cap, cfg.rollout.importance_correction)
     denom = scored.mask.sum().clamp(min=1)
     if dist is not None and dist.world > 1:  # DDP averages gradients: divide by the mean token count
         denom = dist.sum(denom.float()) / dist.world
@@ -100,7 +107,8 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
                     logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk,
                                             vocab, g)
                 loss, st = clipped_policy_loss(logp, scored.old_logp[rows], adv[rows], scored.mask[rows],
-                                               o.clip_low, o.clip_high, denom)
+                                               o.clip_low, o.clip_high, denom,
+                                               None if is_weights is None else is_weights[rows])
                 live = Live(rows, logp, hidden, scored.mask[rows], scored.teacher_logp[rows],
                             None if scored.teacher_hidden is None else scored.teacher_hidden[rows],
                             student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
@@ -162,6 +170,8 @@ def train(cfg, run_dir: Path) -> dict:
     scorer = dist.scorer(student)
     method.reduce_mean = dist.mean
     solutions = TeacherSolutions(absolute(cfg.paths.cache), comp.teacher.name_or_path, cfg.rollout.max_new_tokens)
+    # the engine only needs the architecture from this path: the student's weights are pushed before sampling
+    sampler = build_sampler(cfg, comp, resolve_model_path(cfg.model.student.name_or_path, cfg), dist.rank)
 
     if resume_from is not None:
         checkpoint.restore_logs(resume_from, run_dir)
@@ -216,7 +226,7 @@ def train(cfg, run_dir: Path) -> dict:
         k = cfg.rollout.samples_per_prompt if source in SAMPLED else 1
         problems = stream.next(cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt // k)
         with autocast(cfg, comp.device):
-            rollout = collect(source, comp, cfg, problems, k, gen, solutions)
+            rollout = collect(source, comp, cfg, problems, k, gen, solutions, sampler)
             t1 = time.time()
             per_sample = [p for p in problems for _ in range(k)]
             # one student forward serves scoring and the first update when the batch is one micro-batch
@@ -237,6 +247,8 @@ def train(cfg, run_dir: Path) -> dict:
                 upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab,
                              shared_pass, scorer, dist)
             t3 = time.time()
+        if sampler is not None:
+            sampler.weights_changed()
         bad_run = bad_run + 1 if upd["skipped_updates"] else 0
         bad_total += bool(upd["skipped_updates"])
         record = {"step": step, **batch_summary(scored, extras), **upd, **method.after_step(scored),

@@ -42,6 +42,27 @@ def validate(cfg) -> None:
     if o.schedule not in ("constant", "cosine"):
         raise ConfigError(f"unknown optim.schedule {o.schedule!r}; expected constant or cosine")
     try:  # each method checks its own options (and weakest_link its constraint)
-        build_method(cfg.method, cfg.constraint, cfg.optim)
+        method = build_method(cfg.method, cfg.constraint, cfg.optim)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    _rollout_backend(cfg.rollout, method)
+
+
+def _rollout_backend(r, method) -> None:
+    from cdistill import engines
+    from cdistill.objectives.importance import LEVELS
+
+    if r.backend not in engines.BACKENDS:
+        raise ConfigError(f"unknown rollout.backend {r.backend!r}; expected one of {', '.join(engines.BACKENDS)}")
+    if r.importance_correction not in LEVELS:
+        raise ConfigError(f"unknown rollout.importance_correction {r.importance_correction!r}; expected one of "
+                          f"{', '.join(LEVELS)}")
+    _positive(r, "rollout", ("importance_cap",))
+    if r.backend != "vllm":
+        return
+    if method.conditions_on_budget:
+        raise ConfigError(f"method {method.name} samples token by token with the teacher tracking the budget; "
+                          "vLLM cannot: use rollout.backend=hf")
+    if not engines.vllm_available():
+        raise ConfigError("rollout.backend=vllm needs vLLM, which is not installed: pip install 'cdistill[vllm]' "
+                          "(Linux, CUDA GPU)")

@@ -2,18 +2,20 @@
 
     python scripts/gpu_smoke.py                    # Qwen2.5-1.5B-shaped student, 7B-shaped teacher, on CUDA
     python scripts/gpu_smoke.py --pair 0.5b-1.5b   # a smaller pair
+    python scripts/gpu_smoke.py --backends hf      # only the transformers backend
     python scripts/gpu_smoke.py --dry-run          # the same script at toy size on the CPU (what CI runs)
 
-Prints seconds per step split into generate / score / update, generated tokens per second and peak GPU
-memory, from the run's own metrics.jsonl. Built for one call on a lent GPU machine (under 8 minutes for
-the default: model construction ~1-2 min, 1 warm-up + 3 measured steps). Random-init models never emit
-EOS, so every completion has exactly ``--new-tokens`` tokens. vLLM rollouts are not implemented in cdistill
-yet; the script says so instead of timing something else.
+Runs each rollout backend in turn (``hf``; ``vllm`` when vLLM is importable) and prints seconds per step split
+into generate / score / update, generated tokens per second and peak GPU memory, from each run's own
+metrics.jsonl, plus vLLM's log-prob gap to the trainer. Built for one call on a lent GPU machine (under 8
+minutes for the default: model construction ~1-2 min, vLLM's engine start ~1 min, 1 warm-up + 3 measured steps
+per backend). Random-init models never emit EOS, so every completion has exactly ``--new-tokens`` tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -78,13 +80,17 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up step)")
     p.add_argument("--models", default=str(ROOT / "outputs" / "gpu_smoke"))
+    p.add_argument("--backends", default="hf,vllm", help="comma-separated; vllm is skipped when not importable")
     p.add_argument("--dry-run", action="store_true", help="toy-sized models on the CPU, one measured step")
     args = p.parse_args()
+    backends = [b for b in args.backends.split(",") if b]
+    if "vllm" in backends and (args.dry_run or importlib.util.find_spec("vllm") is None):
+        print("vllm: skipped (" + ("CPU dry run" if args.dry_run else "not installed: pip install 'cdistill[vllm]'")
+              + ")", flush=True)
+        backends.remove("vllm")
 
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from cdistill.train import train
 
     pair = "toy" if args.dry_run else args.pair
     if args.dry_run:
@@ -94,7 +100,7 @@ def main() -> None:
     s, t = PAIRS[pair]
     print(f"pair {pair}: student {s} ({params(SHAPES[s]) / 1e9:.2f} B, float32 + AdamW), teacher {t} "
           f"({params(SHAPES[t]) / 1e9:.2f} B, bfloat16); {args.prompts} prompts x {args.samples} completions x "
-          f"{args.new_tokens} tokens; 1 warm-up + {args.steps} steps; backends: hf (vllm: not implemented)", flush=True)
+          f"{args.new_tokens} tokens; 1 warm-up + {args.steps} steps; backends: {', '.join(backends)}", flush=True)
     paths = build(Path(args.models) / pair, pair)
     batch = args.prompts * args.samples
     overrides = [
@@ -106,27 +112,46 @@ def main() -> None:
         "eval.samples=1", "eval.batch_size=1", "logging.wandb.enabled=false", "save_student=false",
         f"autocast={'null' if args.dry_run else 'bfloat16'}", f"device={'cpu' if args.dry_run else 'cuda'}",
     ]
+    table = []
+    for backend in backends:
+        table.append(run_backend(backend, overrides, batch, args.dry_run))
+    print("\n| backend | step s | generate s | score s | update s | generated tokens/s | generate tokens/s | "
+          "peak GPU GiB | engine log-prob gap |\n|---|---|---|---|---|---|---|---|---|")
+    for row in table:
+        print(row)
+
+
+def run_backend(backend: str, overrides: list[str], batch: int, dry_run: bool) -> str:
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from cdistill.train import train
+
+    extra = [f"rollout.backend={backend}"]
+    if backend == "vllm":  # the engine samples in bfloat16 (the trainer's float32 log-probs differ: corrected)
+        extra += ["rollout.vllm.dtype=bfloat16", "rollout.vllm.gpu_memory_utilization=0.35"]
     with tempfile.TemporaryDirectory() as tmp:
-        overrides.append(f"paths.cache={tmp}/cache")
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides)
+            cfg = compose("config", [*overrides, *extra, f"paths.cache={tmp}/cache"])
         run = Path(tmp) / "run"
         run.mkdir()
-        if torch.cuda.is_available() and not args.dry_run:
+        gpu = torch.cuda.is_available() and not dry_run
+        if gpu:
             torch.cuda.reset_peak_memory_stats()
+        t = time.time()
         train(cfg, run)
+        print(f"  {backend}: {time.time() - t:.0f} s including model loading and evaluation", flush=True)
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"time_step"' in x][1:]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() and not args.dry_run else None
+    peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else None
 
     def m(key: str) -> float:
         return statistics.mean(r[key] for r in rows)
 
     tokens = m("length_mean") * batch
-    print("\n| backend | step s | generate s | score s | update s | generated tokens/s | generate tokens/s | "
-          "peak GPU GiB |\n|---|---|---|---|---|---|---|---|")
-    print(f"| hf | {m('time_step'):.2f} | {m('time_generate'):.2f} | {m('time_score'):.2f} | {m('time_update'):.2f} "
-          f"| {tokens / m('time_step'):.0f} | {tokens / m('time_generate'):.0f} | "
-          f"{'-' if peak is None else f'{peak:.1f}'} |")
+    gap = f"{m('sampler_logp_abs_diff'):.4f}" if "sampler_logp_abs_diff" in rows[0] else "-"
+    return (f"| {backend} | {m('time_step'):.2f} | {m('time_generate'):.2f} | {m('time_score'):.2f} | "
+            f"{m('time_update'):.2f} | {tokens / m('time_step'):.0f} | {tokens / m('time_generate'):.0f} | "
+            f"{'-' if peak is None else f'{peak:.1f}'} | {gap} |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 from helpers import TINY
 from omegaconf import OmegaConf
 
+from cdistill import engines
 from cdistill.embedded import build_tokenizer, tiny_llama
 
 
@@ -41,6 +42,9 @@ def train(tmp_path, *overrides):
     ("constraint.threshold=-1", "cdistill: error: constraint.threshold must be positive, got -1"),
     ("constraint.threshold=abc", "cdistill: error: constraint.threshold must be a number, got 'abc'"),
     ("rollout.max_new_tokens=0", "cdistill: error: rollout.max_new_tokens must be positive, got 0"),
+    ("rollout.backend=sglang", "cdistill: error: unknown rollout.backend 'sglang'; expected one of hf, vllm"),
+    ("rollout.importance_correction=yes", "cdistill: error: unknown rollout.importance_correction 'yes'; expected "
+                                          "one of none, token, sequence"),
     ("resume=/nonexistent/ckpt", "cdistill: error: resume=/nonexistent/ckpt: no checkpoint there (expected a "
                                  "checkpoints/step-* directory with state.json)"),
 ])
@@ -54,6 +58,20 @@ def test_weakest_link_on_another_cost_is_refused_in_one_line(tmp_path):
     line = one_line_error(train(tmp_path, "method=weakest_link", "constraint.cost=logratio"))
     assert line == ("cdistill: error: method weakest_link needs constraint.cost=teacher_nll and "
                     "constraint.kind=prefix_mean, got logratio / prefix_mean")
+
+
+@pytest.mark.skipif(engines.vllm_available(), reason="vLLM is installed here")
+def test_the_vllm_backend_without_vllm_installed_is_one_line_naming_the_extra(tmp_path):
+    line = one_line_error(train(tmp_path, "rollout.backend=vllm"))
+    assert line == ("cdistill: error: rollout.backend=vllm needs vLLM, which is not installed: "
+                    "pip install 'cdistill[vllm]' (Linux, CUDA GPU)")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_saute_cannot_sample_with_vllm(tmp_path):
+    line = one_line_error(train(tmp_path, "method=saute", "rollout.backend=vllm"))
+    assert line == ("cdistill: error: method saute samples token by token with the teacher tracking the budget; "
+                    "vLLM cannot: use rollout.backend=hf")
 
 
 def dataset_run(tmp_path, train_file, test_file):

@@ -17,6 +17,7 @@ def test_gpu_smoke_dry_run_trains_toy_qwen2_models_and_prints_its_table(tmp_path
     step, generate, score, update = (float(c) for c in cells[1:5])
     assert step > 0 and generate > 0 and score > 0 and update > 0
     assert float(cells[5]) > 0  # generated tokens per second
+    assert "vllm: skipped (CPU dry run)" in r.stdout
 
 
 def test_bench_dry_run_prints_the_plan_for_every_contender():

@@ -26,6 +26,7 @@ class Scored:
     stats: ConstraintStats
     group_size: int
     teacher_hidden: torch.Tensor | None = None  # [B, T, H], kept only when the cost needs it (token_kl)
+    sampler_logp: torch.Tensor | None = None  # [B, T] the rollout engine's log-probs (vLLM), else None
 
 
 class Method:

@@ -13,6 +13,7 @@ from cdistill.objectives.chunking import positionwise
 from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats
 from cdistill.objectives.costs import COSTS, logratio_cost, teacher_nll_cost, token_jsd_cost, token_kl_cost
 from cdistill.objectives.divergences import entropy_from_logits, generalized_jsd, kl_estimate
+from cdistill.objectives.importance import truncated_importance_weights
 from cdistill.objectives.losses import (
     clipped_policy_loss,
     expected_immediate_reward,
@@ -54,5 +55,6 @@ __all__ = [
     "token_jsd_cost",
     "token_kl_cost",
     "token_mean",
+    "truncated_importance_weights",
     "weakest_link_exact_term",
 ]

@@ -28,11 +28,14 @@ def clipped_policy_loss(
     clip_low: float = 0.2,
     clip_high: float | None = None,
     denom: torch.Tensor | float | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate, −min(ρ A, clip(ρ, 1−ε_low, 1+ε_high) A), as a token mean.
 
     ρ = exp(logp − old_logp). With one inner epoch old_logp equals logp's value, ρ = 1 and the gradient is
     exactly REINFORCE with the given (baselined) advantages. Advantages and old_logp are constants.
+    ``weights`` ([B, T] constants, e.g. truncated importance weights for samples from another engine)
+    multiply each token's term.
     """
     clip_high = clip_low if clip_high is None else clip_high
     adv = advantages.detach()
@@ -40,7 +43,10 @@ def clipped_policy_loss(
     ratio = log_ratio.exp()
     unclipped = ratio * adv
     clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
-    loss = token_mean(-torch.minimum(unclipped, clipped), mask, denom)
+    per_token = -torch.minimum(unclipped, clipped)
+    if weights is not None:
+        per_token = per_token * weights.detach()
+    loss = token_mean(per_token, mask, denom)
     with torch.no_grad():
         stats = {
             "clip_frac": token_mean((clipped < unclipped).to(adv.dtype), mask),
