@@ -1,6 +1,14 @@
-"""Data parallelism through accelerate (``accelerate launch``): one process per device, each sampling its
-own prompts; the student's gradients are averaged by DDP (accelerate's ``prepare``), and the multiplier
-and the logged metrics are reduced once per optimiser step. One process: everything is a no-op.
+"""Several processes through accelerate (``accelerate launch``): one process per device, each sampling its
+own prompts; the multiplier and the logged metrics are reduced once per optimiser step. One process:
+everything is a no-op.
+
+Two ways to hold the student, both accelerate's: DDP (a full copy per device, gradients averaged) and
+FSDP2 (``conf/accelerate/fsdp.yaml``: parameters, gradients and optimiser state sharded across devices,
+each decoder layer gathered for its own forward and backward). Either way every forward of the student
+enters through one wrapped module, ``Scorer``: scoring reaches the decoder's hidden states and the output
+head directly (the chunked log-prob never builds [B, T, V] logits), which only works inside the wrapper's
+forward, where FSDP has gathered the embeddings, the final norm and the head. Under FSDP, generation enters
+there too, with ``synced_gpus`` so that every rank runs as many forwards as the slowest.
 """
 
 from __future__ import annotations
@@ -16,37 +24,90 @@ from cdistill.models import Sequences, score
 
 
 class Scorer(torch.nn.Module):
-    """The student's scoring forward as a module, so that a DDP wrapper sees the forward it must see."""
+    """The student's forward passes as one module, so that a DDP or FSDP wrapper sees every one of them."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
+        # accelerate's FSDP auto-wrap shards the layer classes a model names here (decoder layers)
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
 
-    def forward(self, input_ids, attention_mask, position_ids, completion_ids, completion_mask, budget, prompt_len,
-                temperature, chunk, vocab, group_size):
+    def forward(self, *args, mode: str = "score", **kwargs):
+        if mode == "generate":
+            return self.model.generate(**kwargs)
+        (input_ids, attention_mask, position_ids, completion_ids, completion_mask, budget, prompt_len, temperature,
+         chunk, vocab, group_size) = args
         seq = Sequences(input_ids, attention_mask, position_ids, prompt_len, completion_ids, completion_mask, budget)
         return score(self.model, seq, temperature, chunk, vocab, group_size)
+
+
+def _call(wrapped, seq: Sequences, temperature, chunk, vocab, group_size=1):
+    return wrapped(seq.input_ids, seq.attention_mask, seq.position_ids, seq.completion_ids, seq.completion_mask,
+                   seq.budget, seq.prompt_len, temperature, chunk, vocab, group_size)
+
+
+class ShardedStudent:
+    """The student under FSDP, as the rest of cdistill uses it: forwards go through the FSDP root (``root``),
+    everything else (parameters, config, train/eval, the output embedding) is the student's own."""
+
+    def __init__(self, model, root):
+        self.__dict__.update(model=model, root=root)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def generate(self, **kwargs):
+        return self.root(mode="generate", synced_gpus=True, **kwargs)
+
+    def root_score(self, seq: Sequences, temperature, chunk, vocab, group_size=1):
+        return _call(self.root, seq, temperature, chunk, vocab, group_size)
 
 
 class Dist:
     def __init__(self, device: str):
         from accelerate import Accelerator
+        from accelerate.utils import DistributedType
 
         self.accelerator = Accelerator(cpu=device == "cpu")
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
+        kind = self.accelerator.distributed_type
+        if kind == DistributedType.DEEPSPEED:
+            raise ValueError("DeepSpeed is not supported: its engine steps the optimiser inside backward, where "
+                             "cdistill's micro-batch accumulation and non-finite-step guard need the step; shard the "
+                             "student with FSDP instead (accelerate launch --config_file conf/accelerate/fsdp.yaml)")
+        if kind == DistributedType.FSDP and not self.accelerator.is_fsdp2:
+            raise ValueError("FSDP version 1 is not supported; set fsdp_version: 2 (conf/accelerate/fsdp.yaml)")
+        # FSDP shards the student: every rank must take part in each of its forwards (evaluation included)
+        self.sharded = self.world > 1 and self.accelerator.is_fsdp2
+        self.kind = "fsdp2" if self.sharded else "ddp" if self.world > 1 else "none"
 
-    def scorer(self, student):
-        """A callable (seq, temperature, chunk, vocab, group_size) → score(...), gradient-synchronised."""
+    def prepare(self, student, optimizer):
+        """(student, scorer, optimizer) ready for this launch. ``scorer(seq, temperature, chunk, vocab,
+        group_size)`` is the student's scoring forward, gradient-synchronised across ranks; under FSDP the
+        student comes back as a ``ShardedStudent`` and the optimizer holds the sharded parameters."""
         module = Scorer(student)
-        wrapped = self.accelerator.prepare_model(module) if self.world > 1 else module
+        if self.world == 1:
+            wrapped = module
+        elif self.sharded:
+            wrapped, optimizer = self.accelerator.prepare(module, optimizer)
+            student = ShardedStudent(student, wrapped)
+        else:
+            wrapped = self.accelerator.prepare_model(module)
 
         def run(seq: Sequences, temperature, chunk, vocab, group_size=1):
-            return wrapped(seq.input_ids, seq.attention_mask, seq.position_ids, seq.completion_ids,
-                           seq.completion_mask, seq.budget, seq.prompt_len, temperature, chunk, vocab, group_size)
+            return _call(wrapped, seq, temperature, chunk, vocab, group_size)
 
-        run.no_sync = (lambda: self.accelerator.no_sync(wrapped)) if self.world > 1 else None
-        return run
+        # DDP all-reduces at every backward unless told not to; FSDP2 reduce-scatters every backward
+        run.no_sync = (lambda: self.accelerator.no_sync(wrapped)) if self.world > 1 and not self.sharded else None
+        return student, run, optimizer
+
+    def state_dict(self, student) -> dict:
+        """The student's full state dict (gathered from every rank under FSDP: all ranks must call this)."""
+        if not self.sharded:
+            return student.state_dict()
+        return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu()
+                for k, v in student.model.state_dict().items()}
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.world == 1:
@@ -77,10 +138,10 @@ class Dist:
             self.accelerator.wait_for_everyone()
 
 
-def write_rank_state(run_dir: Path, rank: int, student, method_state: dict) -> None:
+def write_rank_state(run_dir: Path, rank: int, state: dict, method_state: dict) -> None:
     """What each rank ended with (a digest of its weights, its method state): ranks of one run must agree."""
     h = hashlib.sha256()
-    for name, p in sorted(student.state_dict().items()):
+    for name, p in sorted(state.items()):
         h.update(name.encode())
         h.update(p.detach().cpu().float().numpy().tobytes())
     out = Path(run_dir) / "ranks"

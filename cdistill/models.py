@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from dataclasses import dataclass
 
@@ -27,13 +28,33 @@ def load_tokenizer(name_or_path: str, **kwargs):
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", **kwargs):
+QUANTIZATIONS = ("8bit", "4bit")
+
+
+def quantization_config(name: str, compute_dtype: torch.dtype):
+    """bitsandbytes weight quantization for a frozen model (the teacher): ``8bit`` (LLM.int8) or ``4bit`` (NF4).
+    The output embedding stays unquantized (transformers leaves it out), so chunked scoring reads it as is."""
+    if name not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {name!r}; expected one of {', '.join(QUANTIZATIONS)} or null")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"{name} quantization needs bitsandbytes: pip install 'cdistill[quant]'")
+    from transformers import BitsAndBytesConfig
+
+    if name == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", quantization: str | None = None,
+               **kwargs):
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    if quantization:  # quantized weights are placed while loading and cannot be moved after
+        kwargs.update(quantization_config=quantization_config(quantization, DTYPES[dtype]), device_map={"": device})
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
     if getattr(model.config, "final_logit_softcapping", None):
         raise ModelError(f"{name_or_path}: logit soft-capping is not supported by the chunked scorer")
-    return model.to(device)
+    return model if quantization else model.to(device)
 
 
 def check_same_vocabulary(student_tok, teacher_tok) -> None:
@@ -135,6 +156,9 @@ def completion_hidden(model, seq: Sequences, group_size: int = 1) -> torch.Tenso
 def score(model, seq: Sequences, temperature: float = 1.0, chunk: int = 1024, vocab_size: int | None = None,
           group_size: int = 1):
     """(log-probs of the completion tokens [B, T], entropies [B, T], hidden states [B, T, H])."""
+    root_score = getattr(model, "root_score", None)
+    if root_score is not None:  # a sharded (FSDP) student: its forward must enter through the FSDP root
+        return root_score(seq, temperature, chunk, vocab_size, group_size)
     h = completion_hidden(model, seq, group_size)
     w = model.get_output_embeddings().weight
     logp, ent = token_logprob_and_entropy(h, w, seq.completion_ids, seq.completion_mask, chunk, temperature,

@@ -39,7 +39,9 @@ def generation_config(tokenizer, max_new_tokens: int, temperature: float, top_p:
     return GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, **common)
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: a sharded (FSDP) student all-gathers its parameters into buffers that the next
+# training forward reuses in place, which tensors made under inference_mode forbid
+@torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], n_samples: int, gen: GenerationConfig, device="cpu",
              add_special_tokens: bool = True, budget=None) -> Rollout:
     """``n_samples`` completions per prompt, grouped consecutively (rows g·n … g·n + n − 1 share prompt g).

@@ -102,7 +102,8 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
     student = student_options(student, cfg.model.student, student_path if adapter else None)
     load_if_present(student, student_path)  # a saute student's budget input
-    teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, **t_kw).eval()
+    teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
+                         **t_kw).eval()
     teacher.requires_grad_(False)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
 

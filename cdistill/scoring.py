@@ -50,7 +50,7 @@ class Live:
                          self.teacher_weight, self.mask, self.chunk, self.vocab, self.temperature)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: see rollout.generate
 def score_rollout(rollout: Rollout, problems, task, student, teacher, constraint, temperature: float,
                   chunk: int, vocab: int, micro_batch: int, keep_teacher_hidden: bool = False,
                   student_scores=None, share_prompt: bool = True) -> tuple[Scored, dict[str, torch.Tensor]]:

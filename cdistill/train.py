@@ -119,6 +119,8 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
             epoch_loss += total.detach()
             clip_sum += st["clip_frac"] * len(rows) / n
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: the norm over every rank's shard
+            grad_norm = grad_norm.full_tensor()
         # the one host sync of the update: whether to apply this step (on every rank alike)
         finite = (torch.isfinite(epoch_loss) & torch.isfinite(grad_norm)).float()
         if dist is not None and dist.world > 1:
@@ -157,9 +159,15 @@ def train(cfg, run_dir: Path) -> dict:
     student, tok = comp.student, comp.tokenizer
     if method.conditions_on_budget and not has_budget_input(student):
         attach(student, cfg.method.budget_clip)
+    if dist.sharded and (cfg.model.student.get("lora") or method.conditions_on_budget):
+        raise ValueError("under FSDP the student is trained whole and sampled with generate(): a LoRA student "
+                         "(small enough to replicate) or saute's token loop runs with DDP instead")
     # a LoRA student trains its adapter only
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.optim.lr,
                             weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    # under FSDP the optimiser is re-pointed at the sharded parameters, and the student at the FSDP root
+    student, scorer, opt = dist.prepare(student, opt)
+    comp.student = student
     steps = cfg.optim.steps
     # the scheduler counts optimiser steps: inner_epochs of them per training step
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -167,7 +175,6 @@ def train(cfg, run_dir: Path) -> dict:
     gen = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     # every rank samples its own prompts (rank 0 draws exactly what a single process draws)
     stream = PromptStream(comp.task.train, cfg.seed + dist.rank)
-    scorer = dist.scorer(student)
     method.reduce_mean = dist.mean
     solutions = TeacherSolutions(absolute(cfg.paths.cache), comp.teacher.name_or_path, cfg.rollout.max_new_tokens)
     # the engine only needs the architecture from this path: the student's weights are pushed before sampling
@@ -178,15 +185,19 @@ def train(cfg, run_dir: Path) -> dict:
     elif dist.is_main:  # a fresh run (overwrite=true included) starts its logs from nothing
         for name in ("metrics.jsonl", "evals.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
-    # the main process logs, evaluates and saves; the others train
+    # the main process logs and saves; it evaluates alone unless the student is sharded (FSDP), when every
+    # rank takes part in the evaluation's forwards
     logger = MetricsLogger(run_dir, cfg, resume=resume_from is not None) if dist.is_main else None
     if dist.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    evaluates = dist.is_main or dist.sharded
 
     def run_eval(step: int, final: bool) -> dict:
         t = time.time()
         report, records = evaluate(comp, cfg, with_samples=final)
         report["seconds"] = time.time() - t
+        if not dist.is_main:
+            return report
         with (run_dir / "evals.jsonl").open("a") as fh:
             fh.write(json.dumps({"step": step, **report}) + "\n")
         if final:
@@ -205,7 +216,7 @@ def train(cfg, run_dir: Path) -> dict:
         checkpoint.set_rng_state(trainer_state["rng"])
         log.info("resumed from %s at step %d", resume_from, first_step)
     else:
-        if cfg.eval.at_start and dist.is_main:
+        if cfg.eval.at_start and evaluates:
             start_reports["student"] = run_eval(0, final=False)
             start_reports["teacher"], _ = evaluate(comp, cfg, policy=comp.teacher)
             log.info("before training: %s", format_report(start_reports["student"]))
@@ -264,7 +275,7 @@ def train(cfg, run_dir: Path) -> dict:
             where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else ""
             raise TrainingError(f"stopped at step {step}: {bad_run} steps in a row had a non-finite loss or "
                                 f"gradient (lower optim.lr, check the data){where}")
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < steps and dist.is_main:
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < steps and evaluates:
             run_eval(step, final=False)
         if ck.every and step % ck.every == 0 and step < steps and not bad_run:
             last_ckpt = checkpoint.save(
@@ -273,17 +284,24 @@ def train(cfg, run_dir: Path) -> dict:
                  "stream": stream.state_dict()},
                 {"start_reports": start_reports, "bad_steps": bad_total, "bad_run": bad_run}, ck.keep)
     train_seconds = time.time() - t_start
+    final = None
     if dist.world > 1:
-        write_rank_state(run_dir, dist.rank, student, method.state_dict())
+        state = dist.state_dict(student)  # gathered from every rank under FSDP
+        write_rank_state(run_dir, dist.rank, state, method.state_dict())
+        if dist.sharded and cfg.save_student and dist.is_main:
+            save_student(student.model, tok, run_dir / "student", state_dict=state)
         dist.barrier()
+        if dist.sharded:
+            final = run_eval(steps, final=True)  # every rank's part in the forwards; the main process writes it
         if not dist.is_main:
             return {}
-    if cfg.save_student:
+    if cfg.save_student and not dist.sharded:
         save_student(student, tok, run_dir / "student")
-    final = run_eval(steps, final=True)
+    if final is None:
+        final = run_eval(steps, final=True)
     summary = {"method": method.name, "threshold": cfg.constraint.threshold, "steps": steps,
                "train_seconds": train_seconds, "bad_steps": bad_total, "method_state": method.state_dict(),
-               "processes": dist.world,
+               "processes": dist.world, "sharding": dist.kind,
                **final}
     if "student" in start_reports:
         s_rep, t_rep = start_reports["student"], start_reports["teacher"]

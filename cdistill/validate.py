@@ -46,6 +46,14 @@ def validate(cfg) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _rollout_backend(cfg.rollout, method)
+    q = cfg.model.teacher.get("quantization")
+    if q:
+        from cdistill.models import ModelError, quantization_config
+
+        try:
+            quantization_config(q, None)
+        except ModelError as e:
+            raise ConfigError(f"model.teacher.quantization: {e}") from None
 
 
 def _rollout_backend(r, method) -> None:

@@ -42,6 +42,8 @@ def train(tmp_path, *overrides):
     ("constraint.threshold=-1", "cdistill: error: constraint.threshold must be positive, got -1"),
     ("constraint.threshold=abc", "cdistill: error: constraint.threshold must be a number, got 'abc'"),
     ("rollout.max_new_tokens=0", "cdistill: error: rollout.max_new_tokens must be positive, got 0"),
+    ("model.teacher.quantization=3bit", "cdistill: error: model.teacher.quantization: unknown quantization '3bit'; "
+                                        "expected one of 8bit, 4bit or null"),
     ("rollout.backend=sglang", "cdistill: error: unknown rollout.backend 'sglang'; expected one of hf, vllm"),
     ("rollout.importance_correction=yes", "cdistill: error: unknown rollout.importance_correction 'yes'; expected "
                                           "one of none, token, sequence"),

@@ -1,33 +1,74 @@
-"""Two processes (gloo, CPU) train one student: every rank samples its own prompts, DDP averages the
-gradients, λ is updated from every rank's batch: the ranks must end with the same weights and λ."""
+"""Two processes (gloo, CPU) train one student: every rank samples its own prompts, gradients are averaged
+(DDP) or reduce-scattered into shards (FSDP2), λ is updated from every rank's batch. The ranks must end
+with the same weights and λ, and sharding must not change what is computed."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 from helpers import TINY
+from transformers import AutoModelForCausalLM
+
+HERE = Path(__file__).resolve().parent
+COMMON = [o for o in TINY if not o.startswith("scoring.micro_batch")] + [
+    "scoring.micro_batch=6", "optim.steps=3", "optim.lr=1e-2", "method=lagrangian", "method.lr=0.5",
+    "method.ema_decay=0", "constraint.threshold=0.001"]
 
 
-def test_two_processes_agree_on_the_weights_and_the_multiplier(tmp_path):
-    torchrun = shutil.which("torchrun") or str(__import__("pathlib").Path(sys.executable).parent / "torchrun")
-    run = tmp_path / "run"
-    overrides = [o for o in TINY if not o.startswith("scoring.micro_batch")]
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29561", "-m", "cdistill.cli", "train",
-                        *overrides, "scoring.micro_batch=6", "optim.steps=3", "optim.lr=1e-2", "method=lagrangian",
-                        "method.lr=0.5", "method.ema_decay=0", "constraint.threshold=0.001",
-                        f"paths.cache={tmp_path / 'cache'}", f"hydra.run.dir={run}"],
-                       capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
-                                                                         "TOKENIZERS_PARALLELISM": "false"})
+def launch(entry: list[str], run: Path, cache: Path, port: int):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *entry, "train", *COMMON,
+                        f"paths.cache={cache}", f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if r.returncode and "Address already in use" in r.stderr:
-        pytest.skip("port 29561 is taken on this machine")
+        pytest.skip(f"port {port} is taken on this machine")
     assert r.returncode == 0, r.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    return launch(["-m", "cdistill.cli"], tmp / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29561)
+
+
+def steps(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"lambda"' in x]
+
+
+def test_two_processes_agree_on_the_weights_and_the_multiplier(ddp_run):
+    run = ddp_run
     ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
     # the ranks sampled different prompts (seed + rank): only synchronised gradients give equal weights
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["method_state"] == ranks[1]["method_state"] and ranks[0]["method_state"]["lam"] > 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["method_state"] == ranks[0]["method_state"]
-    lams = [json.loads(x)["lambda"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"lambda"' in x]
+    assert summary["processes"] == 2 and summary["sharding"] == "ddp"
+    assert summary["method_state"] == ranks[0]["method_state"]
+    lams = [r["lambda"] for r in steps(run)]
     assert len(lams) == 3 and lams == sorted(lams)  # one record per step, written by the main process only
+
+
+def test_fsdp2_shards_the_student_and_computes_what_ddp_computes(ddp_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fsdp")
+    run = launch([str(HERE / "fsdp_on_cpu.py")], tmp / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29562)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["sharding"] == "fsdp2"
+    ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0] == ranks[1]  # digests of the gathered full weights, and λ
+    # the same samples, costs and multiplier at every step (reductions in another order: float rounding)
+    for a, b in zip(steps(run), steps(ddp_run), strict=True):
+        for key in ("reward", "divergence_mean", "lambda", "loss", "grad_norm", "satisfaction_rate"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    # the student gathered from the shards, saved in HF format, equals the data-parallel one
+    sharded = AutoModelForCausalLM.from_pretrained(run / "student").state_dict()
+    replicated = AutoModelForCausalLM.from_pretrained(ddp_run / "student").state_dict()
+    assert sharded.keys() == replicated.keys()
+    for k in sharded:
+        assert torch.allclose(sharded[k], replicated[k], atol=1e-6), k
+    assert (run / "eval.json").is_file() and json.loads((run / "evals.jsonl").read_text().splitlines()[-1])["step"] == 3
