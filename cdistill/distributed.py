@@ -46,9 +46,10 @@ def _call(wrapped, seq: Sequences, temperature, chunk, vocab, group_size=1):
                    seq.budget, seq.prompt_len, temperature, chunk, vocab, group_size)
 
 
-class ShardedStudent:
-    """The student under FSDP, as the rest of cdistill uses it: forwards go through the FSDP root (``root``),
-    everything else (parameters, config, train/eval, the output embedding) is the student's own."""
+class Sharded:
+    """A model under FSDP (the student; the teacher when ``model.teacher.shard``), as the rest of cdistill uses
+    it: forwards go through the FSDP root (``root``); everything else (parameters, config, train/eval, the
+    output embedding) is the model's own."""
 
     def __init__(self, model, root):
         self.__dict__.update(model=model, root=root)
@@ -85,13 +86,13 @@ class Dist:
     def prepare(self, student, optimizer):
         """(student, scorer, optimizer) ready for this launch. ``scorer(seq, temperature, chunk, vocab,
         group_size)`` is the student's scoring forward, gradient-synchronised across ranks; under FSDP the
-        student comes back as a ``ShardedStudent`` and the optimizer holds the sharded parameters."""
+        student comes back as a ``Sharded`` and the optimizer holds the sharded parameters."""
         module = Scorer(student)
         if self.world == 1:
             wrapped = module
         elif self.sharded:
             wrapped, optimizer = self.accelerator.prepare(module, optimizer)
-            student = ShardedStudent(student, wrapped)
+            student = Sharded(student, wrapped)
         else:
             wrapped = self.accelerator.prepare_model(module)
 
@@ -101,6 +102,17 @@ class Dist:
         # DDP all-reduces at every backward unless told not to; FSDP2 reduce-scatters every backward
         run.no_sync = (lambda: self.accelerator.no_sync(wrapped)) if self.world > 1 and not self.sharded else None
         return student, run, optimizer
+
+    def prepare_teacher(self, teacher, t_cfg):
+        """Under FSDP, the frozen teacher sharded the same way (inference only: no optimiser, no gradients)
+        unless ``model.teacher.shard`` is false or its weights are quantized (bitsandbytes tensors do not
+        shard): then each rank holds a full copy, as under DDP."""
+        if not self.sharded or not t_cfg.get("shard", True) or t_cfg.get("quantization"):
+            return teacher
+        # accelerate's own FSDP2 wrapping of one model (its prepare() insists on an optimiser alongside)
+        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+        return Sharded(teacher, fsdp2_prepare_model(self.accelerator, Scorer(teacher)))
 
     def state_dict(self, student) -> dict:
         """The student's full state dict (gathered from every rank under FSDP: all ranks must call this)."""

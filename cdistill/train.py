@@ -162,12 +162,17 @@ def train(cfg, run_dir: Path) -> dict:
     if dist.sharded and (cfg.model.student.get("lora") or method.conditions_on_budget):
         raise ValueError("under FSDP the student is trained whole and sampled with generate(): a LoRA student "
                          "(small enough to replicate) or saute's token loop runs with DDP instead")
+    if dist.sharded and method.source(1) == "teacher_cached" and cfg.model.teacher.get("shard", True):
+        raise ValueError("seqkd generates each rank's missing teacher solutions once, a different number of calls "
+                         "per rank, which a sharded teacher cannot serve; set model.teacher.shard=false")
     # a LoRA student trains its adapter only
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.optim.lr,
                             weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
     # under FSDP the optimiser is re-pointed at the sharded parameters, and the student at the FSDP root
     student, scorer, opt = dist.prepare(student, opt)
     comp.student = student
+    teacher_model = comp.teacher
+    comp.teacher = dist.prepare_teacher(comp.teacher, cfg.model.teacher)
     steps = cfg.optim.steps
     # the scheduler counts optimiser steps: inner_epochs of them per training step
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -301,7 +306,7 @@ def train(cfg, run_dir: Path) -> dict:
         final = run_eval(steps, final=True)
     summary = {"method": method.name, "threshold": cfg.constraint.threshold, "steps": steps,
                "train_seconds": train_seconds, "bad_steps": bad_total, "method_state": method.state_dict(),
-               "processes": dist.world, "sharding": dist.kind,
+               "processes": dist.world, "sharding": dist.kind, "teacher_sharded": comp.teacher is not teacher_model,
                **final}
     if "student" in start_reports:
         s_rep, t_rep = start_reports["student"], start_reports["teacher"]

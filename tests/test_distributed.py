@@ -1,6 +1,6 @@
 """Two processes (gloo, CPU) train one student: every rank samples its own prompts, gradients are averaged
-(DDP) or reduce-scattered into shards (FSDP2), λ is updated from every rank's batch. The ranks must end
-with the same weights and λ, and sharding must not change what is computed."""
+(DDP) or reduce-scattered into shards (FSDP2, the teacher sharded too), λ is updated from every rank's batch.
+The ranks must end with the same weights and λ, and sharding must not change what is computed."""
 
 import json
 import os
@@ -48,7 +48,7 @@ def test_two_processes_agree_on_the_weights_and_the_multiplier(ddp_run):
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["method_state"] == ranks[1]["method_state"] and ranks[0]["method_state"]["lam"] > 0
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["sharding"] == "ddp"
+    assert summary["processes"] == 2 and summary["sharding"] == "ddp" and not summary["teacher_sharded"]
     assert summary["method_state"] == ranks[0]["method_state"]
     lams = [r["lambda"] for r in steps(run)]
     assert len(lams) == 3 and lams == sorted(lams)  # one record per step, written by the main process only
@@ -58,7 +58,7 @@ def test_fsdp2_shards_the_student_and_computes_what_ddp_computes(ddp_run, tmp_pa
     tmp = tmp_path_factory.mktemp("fsdp")
     run = launch([str(HERE / "fsdp_on_cpu.py")], tmp / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29562)
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["sharding"] == "fsdp2"
+    assert summary["processes"] == 2 and summary["sharding"] == "fsdp2" and summary["teacher_sharded"]
     ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert ranks[0] == ranks[1]  # digests of the gathered full weights, and λ
     # the same samples, costs and multiplier at every step (reductions in another order: float rounding)
