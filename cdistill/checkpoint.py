@@ -5,6 +5,10 @@ scheduler, method state, every RNG, the prompt stream's position) and ``state.js
 fingerprint, the start-of-run evaluations), plus copies of ``metrics.jsonl`` and ``evals.jsonl`` as they
 stood at that step. A checkpoint is written under a temporary name, fsynced, then renamed: a directory
 named ``step-*`` is always complete, whatever kills the run.
+
+Under several processes the main process writes all of that, and every rank adds ``rank<i>.pt``: its own
+RNG states and prompt stream (ranks sample different prompts), and under FSDP its shard of the optimiser
+state. The student is gathered from the shards first. A checkpoint resumes with as many processes as wrote it.
 """
 
 from __future__ import annotations
@@ -70,27 +74,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state: dict, keep: int) -> Path:
-    """Write checkpoint ``step`` atomically and keep the newest ``keep``; returns its directory."""
+def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state: dict, keep: int, dist,
+         per_rank: dict | None = None) -> Path:
+    """Write checkpoint ``step`` atomically and keep the newest ``keep``; returns its directory.
+
+    Every process calls this (``dist``: the run's ``distributed.Dist``); ``per_rank`` is what differs between
+    ranks (the prompt stream, a sharded optimiser state), saved with each rank's RNG states.
+    """
     root = Path(run_dir) / DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:06d}"
-    tmp = root / f".tmp-{PREFIX}{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_student(student, tokenizer, tmp / "student", final=False)
-    torch.save({**trainer, "rng": rng_state()}, tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint(cfg), **state}, indent=2))
-    for name in ("metrics.jsonl", "evals.jsonl"):
-        if (Path(run_dir) / name).is_file():
-            shutil.copyfile(Path(run_dir) / name, tmp / name)
-    _fsync_tree(tmp)
-    if final.exists():  # a checkpoint of the same step from before a crash: replaced whole
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    for old in complete(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp = root / f".tmp-{PREFIX}{step:06d}"
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    if dist.world > 1:
+        torch.save({**(per_rank or {}), "rng": rng_state()}, tmp / f"rank{dist.rank}.pt")
+    weights = dist.state_dict(student) if dist.sharded else None  # gathered from every rank
+    if dist.is_main:
+        save_student(student.model if dist.sharded else student, tokenizer, tmp / "student", final=False,
+                     state_dict=weights)
+        torch.save({**trainer, **(per_rank or {}), "rng": rng_state()}, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint(cfg),
+                                                    "processes": dist.world, **state}, indent=2))
+        for name in ("metrics.jsonl", "evals.jsonl"):
+            if (Path(run_dir) / name).is_file():
+                shutil.copyfile(Path(run_dir) / name, tmp / name)
+    dist.barrier()  # every rank's file is in before the directory is sealed
+    if dist.is_main:
+        _fsync_tree(tmp)
+        if final.exists():  # a checkpoint of the same step from before a crash: replaced whole
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        for old in complete(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return final
 
 
@@ -118,14 +138,21 @@ def find(resume, run_dir: Path) -> Path | None:
     return path
 
 
-def load(path: Path, cfg) -> tuple[dict, dict]:
-    """(trainer state, state.json) of a checkpoint, refused if it was written under another config."""
+def load(path: Path, cfg, rank: int = 0, world: int = 1) -> tuple[dict, dict]:
+    """(trainer state, state.json) of a checkpoint for process ``rank`` of ``world``, refused if it was
+    written under another config or by another number of processes."""
     state = json.loads((path / "state.json").read_text())
     if state["fingerprint"] != fingerprint(cfg):
         raise CheckpointError(f"{path} was written under a different configuration; resume with the run's own "
                               "overrides (see its config.yaml) or start a new run directory")
+    written_by = state.get("processes", 1)
+    if written_by != world:
+        raise CheckpointError(f"{path} was written by {written_by} process(es); resume it with {written_by}, "
+                              f"not {world}")
     # our own file: it holds RNG states (numpy tuples), which the weights-only loader refuses
     trainer = torch.load(path / "trainer.pt", weights_only=False)
+    if world > 1:  # this rank's own RNG states and prompt stream (and optimiser shard under FSDP)
+        trainer.update(torch.load(path / f"rank{rank}.pt", weights_only=False))
     return trainer, state
 
 

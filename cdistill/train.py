@@ -74,8 +74,8 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
     An optimiser step whose loss or gradient norm is not finite is skipped (gradients dropped, weights
     untouched) and counted in ``skipped``: one bad batch must not poison the weights.
 
-    Under several processes (``dist``), ``scorer`` is the DDP-wrapped student forward: gradients are averaged
-    across ranks, the token mean is over every rank's tokens, and a step is skipped on every rank or none.
+    Under several processes (``dist``), ``scorer`` is the wrapped (DDP / FSDP) student forward: gradients are
+    averaged across ranks, the token mean is over every rank's tokens, and a step is skipped on every rank or none.
     """
     o = cfg.optim
     adv = method.advantages(scored)
@@ -145,12 +145,9 @@ class TrainingError(RuntimeError):
 def train(cfg, run_dir: Path) -> dict:
     validate(cfg)
     dist = Dist(pick_device(cfg.device))
-    if dist.world > 1 and (cfg.checkpoint.every or cfg.get("resume")):
-        raise ValueError("checkpoints and resume are single-process for now; set checkpoint.every=0 under "
-                         "accelerate launch")
     resume_from = checkpoint.find(cfg.get("resume"), run_dir)
     if resume_from is not None:
-        trainer_state, ckpt_state = checkpoint.load(resume_from, cfg)
+        trainer_state, ckpt_state = checkpoint.load(resume_from, cfg, dist.rank, dist.world)
     seed_everything(cfg.seed)
     with dist.main_first():
         comp = build_components(cfg, student_path=str(resume_from / "student") if resume_from else None,
@@ -186,7 +183,8 @@ def train(cfg, run_dir: Path) -> dict:
     sampler = build_sampler(cfg, comp, resolve_model_path(cfg.model.student.name_or_path, cfg), dist.rank)
 
     if resume_from is not None:
-        checkpoint.restore_logs(resume_from, run_dir)
+        if dist.is_main:
+            checkpoint.restore_logs(resume_from, run_dir)
     elif dist.is_main:  # a fresh run (overwrite=true included) starts its logs from nothing
         for name in ("metrics.jsonl", "evals.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
@@ -283,11 +281,12 @@ def train(cfg, run_dir: Path) -> dict:
         if cfg.eval.every and step % cfg.eval.every == 0 and step < steps and evaluates:
             run_eval(step, final=False)
         if ck.every and step % ck.every == 0 and step < steps and not bad_run:
+            # under FSDP each rank holds its own shard of the optimiser state; under DDP they are all equal
+            per_rank = {"stream": stream.state_dict(), **({"optimizer": opt.state_dict()} if dist.sharded else {})}
             last_ckpt = checkpoint.save(
                 run_dir, step, cfg, student, tok,
-                {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "method": method.state_dict(),
-                 "stream": stream.state_dict()},
-                {"start_reports": start_reports, "bad_steps": bad_total, "bad_run": bad_run}, ck.keep)
+                {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "method": method.state_dict()},
+                {"start_reports": start_reports, "bad_steps": bad_total, "bad_run": bad_run}, ck.keep, dist, per_rank)
     train_seconds = time.time() - t_start
     final = None
     if dist.world > 1:

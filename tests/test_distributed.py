@@ -17,13 +17,15 @@ from transformers import AutoModelForCausalLM
 HERE = Path(__file__).resolve().parent
 COMMON = [o for o in TINY if not o.startswith("scoring.micro_batch")] + [
     "scoring.micro_batch=6", "optim.steps=3", "optim.lr=1e-2", "method=lagrangian", "method.lr=0.5",
-    "method.ema_decay=0", "constraint.threshold=0.001"]
+    "method.ema_decay=0", "constraint.threshold=0.001", "checkpoint.every=1", "checkpoint.keep=5"]
+ENTRY = {"ddp": ["-m", "cdistill.cli"], "fsdp": [str(HERE / "fsdp_on_cpu.py")]}
 
 
-def launch(entry: list[str], run: Path, cache: Path, port: int):
+def launch(entry: list[str], run: Path, cache: Path, port: int, *extra: str):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *entry, "train", *COMMON,
-                        f"paths.cache={cache}", f"hydra.run.dir={run}"], capture_output=True, text=True, timeout=600,
+                        f"paths.cache={cache}", f"hydra.run.dir={run}", *extra], capture_output=True, text=True,
+                       timeout=600,
                        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     if r.returncode and "Address already in use" in r.stderr:
         pytest.skip(f"port {port} is taken on this machine")
@@ -34,7 +36,13 @@ def launch(entry: list[str], run: Path, cache: Path, port: int):
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    return launch(["-m", "cdistill.cli"], tmp / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29561)
+    return launch(ENTRY["ddp"], tmp / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29561)
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fsdp")
+    return launch(ENTRY["fsdp"], tmp / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29562)
 
 
 def steps(run: Path) -> list[dict]:
@@ -54,9 +62,8 @@ def test_two_processes_agree_on_the_weights_and_the_multiplier(ddp_run):
     assert len(lams) == 3 and lams == sorted(lams)  # one record per step, written by the main process only
 
 
-def test_fsdp2_shards_the_student_and_computes_what_ddp_computes(ddp_run, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fsdp")
-    run = launch([str(HERE / "fsdp_on_cpu.py")], tmp / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29562)
+def test_fsdp2_shards_the_student_and_computes_what_ddp_computes(ddp_run, fsdp_run):
+    run = fsdp_run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["sharding"] == "fsdp2" and summary["teacher_sharded"]
     ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
@@ -72,3 +79,18 @@ def test_fsdp2_shards_the_student_and_computes_what_ddp_computes(ddp_run, tmp_pa
     for k in sharded:
         assert torch.allclose(sharded[k], replicated[k], atol=1e-6), k
     assert (run / "eval.json").is_file() and json.loads((run / "evals.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_a_two_process_run_resumes_from_its_checkpoint_to_the_same_end(kind, ddp_run, fsdp_run, tmp_path,
+                                                                       tmp_path_factory):
+    straight = {"ddp": ddp_run, "fsdp": fsdp_run}[kind]
+    ckpt = straight / "checkpoints" / "step-000001"
+    assert {p.name for p in ckpt.glob("rank*.pt")} == {"rank0.pt", "rank1.pt"}  # each rank's RNG and prompts
+    resumed = launch(ENTRY[kind], tmp_path / "resumed", tmp_path_factory.getbasetemp() / "dist-cache",
+                     29563 if kind == "ddp" else 29564, f"resume={ckpt}")
+    for i in (0, 1):  # same weights (digest of the full weights) and λ on every rank as without the stop
+        assert (resumed / "ranks" / f"rank{i}.json").read_text() == (straight / "ranks" / f"rank{i}.json").read_text()
+    def strip(records):
+        return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
+    assert strip(steps(resumed)) == strip(steps(straight))  # steps 2-3 recomputed, step 1 restored
