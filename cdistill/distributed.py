@@ -73,15 +73,15 @@ class Dist:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.is_main = self.accelerator.is_main_process
         kind = self.accelerator.distributed_type
-        if kind == DistributedType.DEEPSPEED:
-            raise ValueError("DeepSpeed is not supported: its engine steps the optimiser inside backward, where "
-                             "cdistill's micro-batch accumulation and non-finite-step guard need the step; shard the "
-                             "student with FSDP instead (accelerate launch --config_file conf/accelerate/fsdp.yaml)")
         if kind == DistributedType.FSDP and not self.accelerator.is_fsdp2:
             raise ValueError("FSDP version 1 is not supported; set fsdp_version: 2 (conf/accelerate/fsdp.yaml)")
-        # FSDP shards the student: every rank must take part in each of its forwards (evaluation included)
-        self.sharded = self.world > 1 and self.accelerator.is_fsdp2
-        self.kind = "fsdp2" if self.sharded else "ddp" if self.world > 1 else "none"
+        if kind == DistributedType.DEEPSPEED:
+            raise ValueError("DeepSpeed is not supported: shard the student with FSDP2 instead (accelerate launch "
+                             "--config_file conf/accelerate/fsdp.yaml); see docs/scaling.md")
+        # FSDP2 shards the student: its forwards are collective (every rank takes part in each, evaluation
+        # included), so they go through the wrapper and generation is synchronised
+        self.fsdp = self.sharded = self.world > 1 and self.accelerator.is_fsdp2
+        self.kind = ("fsdp2" if self.fsdp else "ddp") if self.world > 1 else "none"
 
     def prepare(self, student, optimizer):
         """(student, scorer, optimizer) ready for this launch. ``scorer(seq, temperature, chunk, vocab,
@@ -100,14 +100,34 @@ class Dist:
             return _call(wrapped, seq, temperature, chunk, vocab, group_size)
 
         # DDP all-reduces at every backward unless told not to; FSDP2 reduce-scatters every backward
-        run.no_sync = (lambda: self.accelerator.no_sync(wrapped)) if self.world > 1 and not self.sharded else None
+        run.no_sync = (lambda: self.accelerator.no_sync(wrapped)) if self.kind == "ddp" else None
         return student, run, optimizer
+
+    def step(self, params, optimizer, grad_clip: float, loss_finite: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Clip and apply the optimiser step on every rank, or on none when any rank's loss or gradient norm
+        is not finite (gradients dropped). Returns (gradient norm before clipping, whether applied)."""
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP: the norm over every rank's shard
+            norm = norm.full_tensor()
+        ok = self.all_true(loss_finite & torch.isfinite(norm))
+        if ok:
+            optimizer.step()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        return norm.detach(), ok
+
+    def all_true(self, flag: torch.Tensor) -> bool:
+        """Whether ``flag`` holds on every rank: the one host sync of an optimiser step."""
+        f = flag.float()
+        if self.world > 1:
+            f = (self.sum(f.to(self.accelerator.device)) == self.world).float()
+        return bool(f)
 
     def prepare_teacher(self, teacher, t_cfg):
         """Under FSDP, the frozen teacher sharded the same way (inference only: no optimiser, no gradients)
         unless ``model.teacher.shard`` is false or its weights are quantized (bitsandbytes tensors do not
         shard): then each rank holds a full copy, as under DDP."""
-        if not self.sharded or not t_cfg.get("shard", True) or t_cfg.get("quantization"):
+        if not self.fsdp or not t_cfg.get("shard", True) or t_cfg.get("quantization"):
             return teacher
         # accelerate's own FSDP2 wrapping of one model (its prepare() insists on an optimiser alongside)
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model

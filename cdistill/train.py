@@ -22,7 +22,7 @@ from cdistill.evaluate import evaluate, format_report, write_eval
 from cdistill.logger import MetricsLogger
 from cdistill.methods import build_method
 from cdistill.metrics import batch_summary
-from cdistill.models import prompt_groups, score
+from cdistill.models import prompt_groups
 from cdistill.objectives import clipped_policy_loss, truncated_importance_weights
 from cdistill.rollout import generation_config
 from cdistill.runtime import (
@@ -65,7 +65,7 @@ class PromptStream:
         return out
 
 
-def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_pass=None, scorer=None, dist=None):
+def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, scorer, dist, first_pass=None):
     """One optimiser step per inner epoch, gradients accumulated over micro-batches of completions.
 
     ``first_pass`` (log-probs, entropies, hidden states of the whole batch, with their graph) is the forward
@@ -74,8 +74,8 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
     An optimiser step whose loss or gradient norm is not finite is skipped (gradients dropped, weights
     untouched) and counted in ``skipped``: one bad batch must not poison the weights.
 
-    Under several processes (``dist``), ``scorer`` is the wrapped (DDP / FSDP) student forward: gradients are
-    averaged across ranks, the token mean is over every rank's tokens, and a step is skipped on every rank or none.
+    ``scorer`` is the student's forward as the launch wraps it (plain, DDP or FSDP2): gradients are synchronised
+    across ranks, the token mean is over every rank's tokens, and ``dist`` applies a step on every rank or none.
     """
     o = cfg.optim
     adv = method.advantages(scored)
@@ -85,7 +85,7 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
         is_weights = truncated_importance_weights(scored.old_logp, scored.sampler_logp, scored.mask,
                                                   cfg.rollout.importance_cap, cfg.rollout.importance_correction)
     denom = scored.mask.sum().clamp(min=1)
-    if dist is not None and dist.world > 1:  # DDP averages gradients: divide by the mean token count
+    if dist.world > 1:  # gradients are averaged over ranks: divide by the mean token count
         denom = dist.sum(denom.float()) / dist.world
     g = prompt_groups(scored.group_size, o.micro_batch, cfg.scoring.share_prompt)
     n = adv.shape[0]
@@ -96,16 +96,12 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
         epoch_loss = zero.clone()
         for start in range(0, n, o.micro_batch):
             rows = torch.arange(start, min(n, start + o.micro_batch), device=adv.device)
-            # under DDP, gradients are all-reduced once, with the last micro-batch's backward
-            accumulate = start + o.micro_batch < n and scorer is not None and scorer.no_sync is not None
-            with scorer.no_sync() if accumulate else contextlib.nullcontext():
+            last = start + o.micro_batch >= n  # gradients are synchronised with the last micro-batch only
+            with contextlib.nullcontext() if last or scorer.no_sync is None else scorer.no_sync():
                 if first_pass is not None and epoch == 0:
                     logp, _, hidden = first_pass
-                elif scorer is not None:
-                    logp, _, hidden = scorer(seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk, vocab, g)
                 else:
-                    logp, _, hidden = score(student, seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk,
-                                            vocab, g)
+                    logp, _, hidden = scorer(seq.select(rows), cfg.rollout.temperature, cfg.scoring.chunk, vocab, g)
                 loss, st = clipped_policy_loss(logp, scored.old_logp[rows], adv[rows], scored.mask[rows],
                                                o.clip_low, o.clip_high, denom,
                                                None if is_weights is None else is_weights[rows])
@@ -118,21 +114,11 @@ def update(student, teacher, opt, sched, method, scored, seq, cfg, vocab, first_
                 total.backward()
             epoch_loss += total.detach()
             clip_sum += st["clip_frac"] * len(rows) / n
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), o.grad_clip)
-        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP: the norm over every rank's shard
-            grad_norm = grad_norm.full_tensor()
-        # the one host sync of the update: whether to apply this step (on every rank alike)
-        finite = (torch.isfinite(epoch_loss) & torch.isfinite(grad_norm)).float()
-        if dist is not None and dist.world > 1:
-            finite = (dist.sum(finite) == dist.world).float()
-        if bool(finite):
-            opt.step()
-        else:
-            opt.zero_grad(set_to_none=True)
-            skipped += 1
+        grad_norm, applied = dist.step(student.parameters(), opt, o.grad_clip, torch.isfinite(epoch_loss))
+        skipped += not applied
         sched.step()
         loss_sum += epoch_loss
-        norm_sum += grad_norm.detach()
+        norm_sum += grad_norm.to(zero.device)
     k = o.inner_epochs
     return {"loss": float(loss_sum) / k, "clip_frac": float(clip_sum) / k, "grad_norm": float(norm_sum) / k,
             "skipped_updates": skipped}
@@ -259,7 +245,7 @@ def train(cfg, run_dir: Path) -> dict:
             t2 = time.time()
             with out_of_memory_hint("the student update", "lower optim.micro_batch (gradients are accumulated)"):
                 upd = update(student, comp.teacher, opt, sched, method, scored, rollout.seq, cfg, comp.vocab,
-                             shared_pass, scorer, dist)
+                             scorer, dist, shared_pass)
             t3 = time.time()
         if sampler is not None:
             sampler.weights_changed()
