@@ -210,6 +210,10 @@ def test_truncated_importance_weights_against_loops():
     assert torch.equal(truncated_importance_weights(logp, slp, mask, cap, "none"), mask.float())
     huge = truncated_importance_weights(torch.zeros(1, 2), torch.full((1, 2), -1e4), torch.ones(1, 2), cap, "sequence")
     assert torch.equal(huge, torch.full((1, 2), cap))  # no overflow to inf
+    unknown = slp.clone()
+    unknown[0, 1] = float("nan")
+    w = truncated_importance_weights(logp, unknown, mask, cap, "token")
+    assert float(w[0, 1]) == 1.0 and torch.equal(w[0, 2:], tok[0, 2:])  # no engine log-prob: no correction
     with pytest.raises(ValueError, match="importance correction"):
         truncated_importance_weights(logp, slp, mask, cap, "bogus")
 

@@ -19,7 +19,8 @@ def truncated_importance_weights(logp: torch.Tensor, sampler_logp: torch.Tensor,
 
     ``token``: w_t = min(π(y_t|s_t) / μ(y_t|s_t), cap). ``sequence``: one weight per completion,
     min(Π_t π(y_t|s_t) / μ(y_t|s_t), cap), given to each of its tokens. ``none``: 1 everywhere.
-    ``logp`` is the trainer's log-prob of each sampled token at sampling time, ``sampler_logp`` the engine's.
+    ``logp`` is the trainer's log-prob of each sampled token at sampling time, ``sampler_logp`` the engine's;
+    where the engine reported no finite log-prob the token keeps weight 1 (no information, no correction).
     """
     if level not in LEVELS:
         raise ValueError(f"unknown importance correction {level!r}; expected one of {', '.join(LEVELS)}")
@@ -28,7 +29,8 @@ def truncated_importance_weights(logp: torch.Tensor, sampler_logp: torch.Tensor,
     m = mask.to(logp.dtype)
     if level == "none":
         return m
-    log_ratio = (logp.detach() - sampler_logp.detach()) * m
+    known = torch.isfinite(sampler_logp)
+    log_ratio = torch.where(known, logp.detach() - sampler_logp.detach().nan_to_num(0.0), 0.0) * m
     if level == "sequence":
         log_ratio = log_ratio.sum(dim=1, keepdim=True).expand_as(logp)
     # min(exp(x), cap) = exp(min(x, log cap)): no overflow for large log-ratios
