@@ -17,10 +17,11 @@ def batch_summary(b: Scored, extras: dict[str, torch.Tensor]) -> dict[str, float
     lengths = b.mask.sum(1).double()
     engine = {}
     if b.sampler_logp is not None:  # how far the rollout engine's log-probs are from the trainer's
-        gap = b.old_logp - b.sampler_logp
-        engine = {"sampler_logp_abs_diff": float(token_mean(gap.abs(), b.mask)),
-                  "sampler_ratio_max": float(gap.masked_fill(~b.mask.bool(), float("-inf")).max().exp())
-                  if b.mask.any() else 1.0}
+        known = b.mask.bool() & torch.isfinite(b.sampler_logp)
+        gap = (b.old_logp - b.sampler_logp).masked_fill(~known, 0.0)
+        engine = {"sampler_logp_abs_diff": float(token_mean(gap.abs(), known)),
+                  "sampler_ratio_max": float(gap.masked_fill(~known, float("-inf")).max().exp())
+                  if known.any() else 1.0}
     return {**engine,
         "reward": float(b.task_reward.mean()),
         "divergence_mean": float(value.mean()),
