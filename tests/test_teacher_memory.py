@@ -25,7 +25,7 @@ def test_an_8bit_teacher_has_int8_layers_a_float_head_and_scores_like_the_full_o
     b, _, _ = score(quant.teacher, roll.seq, 1.0, 64, full.vocab)
     m = roll.seq.completion_mask
     assert not torch.equal(a[m], b[m])  # really another set of weights...
-    assert (a[m] - b[m]).abs().max() < 0.1  # ...that LLM.int8 keeps close to the full-precision teacher
+    assert (a[m] - b[m]).abs().max() < 0.01  # ...that LLM.int8 keeps close (measured 8e-4 nats)
 
 
 def test_training_runs_with_an_8bit_teacher(tmp_path, cache):
