@@ -80,8 +80,8 @@ class Dist:
                              "--config_file conf/accelerate/fsdp.yaml); see docs/scaling.md")
         # FSDP2 shards the student: its forwards are collective (every rank takes part in each, evaluation
         # included), so they go through the wrapper and generation is synchronised
-        self.fsdp = self.sharded = self.world > 1 and self.accelerator.is_fsdp2
-        self.kind = ("fsdp2" if self.fsdp else "ddp") if self.world > 1 else "none"
+        self.sharded = self.world > 1 and self.accelerator.is_fsdp2
+        self.kind = ("fsdp2" if self.sharded else "ddp") if self.world > 1 else "none"
 
     def prepare(self, student, optimizer):
         """(student, scorer, optimizer) ready for this launch. ``scorer(seq, temperature, chunk, vocab,
@@ -127,7 +127,7 @@ class Dist:
         """Under FSDP, the frozen teacher sharded the same way (inference only: no optimiser, no gradients)
         unless ``model.teacher.shard`` is false or its weights are quantized (bitsandbytes tensors do not
         shard): then each rank holds a full copy, as under DDP."""
-        if not self.fsdp or not t_cfg.get("shard", True) or t_cfg.get("quantization"):
+        if not self.sharded or not t_cfg.get("shard", True) or t_cfg.get("quantization"):
             return teacher
         # accelerate's own FSDP2 wrapping of one model (its prepare() insists on an optimiser alongside)
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model

@@ -92,7 +92,6 @@ class EngineSampler:
     def __init__(self, engine: Engine, tokenizer, device):
         self.engine, self.tokenizer, self.device = engine, tokenizer, device
         self.stale = True  # the engine's weights are not the student's until the first push
-        self.pushes = 0
 
     def weights_changed(self) -> None:
         """Called after every optimiser step: the next rollout first pushes the student's weights."""
@@ -102,7 +101,7 @@ class EngineSampler:
     def sample(self, student, prompts: list[str], n: int, gen, add_special_tokens: bool = True) -> Rollout:
         if self.stale:
             self.engine.load_weights(hf_weights(student))
-            self.stale, self.pushes = False, self.pushes + 1
+            self.stale = False
         spec = SamplingSpec.from_generation_config(gen, n)
         tok = self.tokenizer
         # the same tokenisation as the HF backend, whose left-padded prompt tensor is reused below

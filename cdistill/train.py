@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from cdistill import checkpoint
 from cdistill.budget import attach, has_budget_input, save_student
-from cdistill.distributed import Dist, write_rank_state
+from cdistill.distributed import Dist, Sharded, write_rank_state
 from cdistill.engines import build_sampler
 from cdistill.evaluate import evaluate, format_report, write_eval
 from cdistill.logger import MetricsLogger
@@ -154,7 +154,6 @@ def train(cfg, run_dir: Path) -> dict:
     # under FSDP the optimiser is re-pointed at the sharded parameters, and the student at the FSDP root
     student, scorer, opt = dist.prepare(student, opt)
     comp.student = student
-    teacher_model = comp.teacher
     comp.teacher = dist.prepare_teacher(comp.teacher, cfg.model.teacher)
     steps = cfg.optim.steps
     # the scheduler counts optimiser steps: inner_epochs of them per training step
@@ -291,7 +290,7 @@ def train(cfg, run_dir: Path) -> dict:
         final = run_eval(steps, final=True)
     summary = {"method": method.name, "threshold": cfg.constraint.threshold, "steps": steps,
                "train_seconds": train_seconds, "bad_steps": bad_total, "method_state": method.state_dict(),
-               "processes": dist.world, "sharding": dist.kind, "teacher_sharded": comp.teacher is not teacher_model,
+               "processes": dist.world, "sharding": dist.kind, "teacher_sharded": isinstance(comp.teacher, Sharded),
                **final}
     if "student" in start_reports:
         s_rep, t_rep = start_reports["student"], start_reports["teacher"]
