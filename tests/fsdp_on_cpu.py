@@ -4,6 +4,7 @@ accelerate selects FSDP only for GPU launches (``accelerate launch --config_file
 on CPU processes it falls back to plain data parallelism. This shim sets, right after ``Accelerator`` is made,
 the state that config sets on GPUs (FSDP2, one unit per decoder layer, full state dict), then runs the command
 line unchanged: everything after that, sharding included, is accelerate's and torch's own code.
+With ``CDISTILL_FAKE_VLLM=1``, ``rollout.backend=vllm`` samples with ``fake_engine.FakeEngine`` (float32).
 """
 
 import sys
@@ -25,6 +26,14 @@ def _fsdp_init(self, *args, **kwargs):
 accelerate.Accelerator.__init__ = _fsdp_init
 
 if __name__ == "__main__":
+    import os
+
     from cdistill.cli import main
+
+    if os.environ.get("CDISTILL_FAKE_VLLM") == "1":
+        import torch
+        from fake_engine import install
+
+        install(torch.float32)
 
     main(sys.argv[1:])

@@ -21,14 +21,19 @@ COMMON = [o for o in TINY if not o.startswith("scoring.micro_batch")] + [
 ENTRY = {"ddp": ["-m", "cdistill.cli"], "fsdp": [str(HERE / "fsdp_on_cpu.py")]}
 
 
-def launch(entry: list[str], run: Path, cache: Path, port: int, *extra: str):
+def run_two(entry: list[str], run: Path, cache: Path, port: int, *extra: str, env: dict | None = None):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *entry, "train", *COMMON,
                         f"paths.cache={cache}", f"hydra.run.dir={run}", *extra], capture_output=True, text=True,
                        timeout=600,
-                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                       env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
     if r.returncode and "Address already in use" in r.stderr:
         pytest.skip(f"port {port} is taken on this machine")
+    return r
+
+
+def launch(entry: list[str], run: Path, cache: Path, port: int, *extra: str, env: dict | None = None):
+    r = run_two(entry, run, cache, port, *extra, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return run
 
@@ -94,3 +99,23 @@ def test_a_two_process_run_resumes_from_its_checkpoint_to_the_same_end(kind, ddp
     def strip(records):
         return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
     assert strip(steps(resumed)) == strip(steps(straight))  # steps 2-3 recomputed, step 1 restored
+
+
+def test_vllm_rollouts_under_fsdp2_get_the_weights_gathered_from_the_shards(tmp_path, tmp_path_factory):
+    # a float32 fake engine (tests/fake_engine.py) in each process: its log-probs equal the trainer's only if
+    # every push carried the full, current weights
+    run = launch(ENTRY["fsdp"], tmp_path / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29565,
+                 "rollout.backend=vllm", "checkpoint.every=0", env={"CDISTILL_FAKE_VLLM": "1"})
+    records = steps(run)
+    assert len(records) == 3 and all(r["sampler_logp_abs_diff"] < 1e-4 for r in records)
+    ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0] == ranks[1]
+
+
+def test_a_lora_student_under_fsdp2_is_refused_in_one_line(tmp_path, tmp_path_factory):
+    r = run_two(ENTRY["fsdp"], tmp_path / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29566,
+                "model.student.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}")
+    assert r.returncode != 0
+    errors = {line for line in r.stderr.splitlines() if line.startswith("cdistill: error:")}
+    assert errors == {"cdistill: error: under FSDP the student is trained whole and sampled with generate(): a LoRA "
+                      "student (small enough to replicate) or saute's token loop runs with DDP instead"}

@@ -1,16 +1,12 @@
-"""The vLLM rollout backend on CPU: the same sampler code, driven by a fake engine.
-
-``FakeEngine`` does what the colocated vLLM engine does for us: it keeps its own copy of the student's
-weights (random until the first push, bfloat16 by default as a GPU engine would run), samples by its own
-token loop (not HF ``generate``), and returns the log-prob of each sampled token.
-"""
+"""The vLLM rollout backend on CPU: the same sampler code, driven by a fake engine (``fake_engine.py``)."""
 
 import json
 
 import pytest
 import torch
+from fake_engine import FakeEngine
 from helpers import tiny_cfg
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from cdistill import engines
 from cdistill.engines import EngineSampler, Sample, SamplingSpec, hf_weights
@@ -18,45 +14,6 @@ from cdistill.objectives import clipped_policy_loss, truncated_importance_weight
 from cdistill.rollout import generate, generation_config
 from cdistill.runtime import build_components, resolve_model_path
 from cdistill.train import train
-
-
-class FakeEngine:
-    def __init__(self, model_path, dtype=torch.bfloat16):
-        torch.manual_seed(1234)  # its own random weights: sampling from them before a push would show
-        self.model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path)).to(dtype).eval()
-        self.pushes, self.at_generate, self.specs = 0, [], []
-
-    def load_weights(self, weights):
-        w = dict(weights)
-        missing, unexpected = self.model.load_state_dict(w, strict=False)
-        assert not unexpected, unexpected
-        tied = {"lm_head.weight"} if self.model.config.tie_word_embeddings else set()
-        assert set(missing) <= tied, missing
-        self.pushes += 1
-
-    def weights(self):
-        return {k: v.float().clone() for k, v in self.model.state_dict().items()}
-
-    @torch.no_grad()
-    def generate(self, prompts, spec):
-        self.specs.append(spec)
-        self.at_generate.append(self.weights())
-        out = []
-        for ids in prompts:
-            samples = []
-            for _ in range(spec.n):
-                toks, lps = [], []
-                for _ in range(spec.max_tokens):
-                    logits = self.model(torch.tensor([ids + toks])).logits[0, -1].float()
-                    logp = torch.log_softmax(logits / spec.temperature, -1)
-                    t = int(logits.argmax()) if spec.greedy else int(torch.multinomial(logp.exp(), 1))
-                    toks.append(t)
-                    lps.append(float(logp[t]))
-                    if t == spec.eos_token_id:
-                        break
-                samples.append(Sample(toks, lps))
-            out.append(samples)
-        return out
 
 
 class ScriptedEngine:
