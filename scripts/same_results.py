@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""Prove that a change leaves every number as it was: run a fixed set of tiny training runs on a git ref
+(checked out in a temporary ``git worktree``) and on the working tree, then compare what they wrote.
+
+    .venv/bin/python scripts/same_results.py HEAD~3            # the ref against the working tree
+    .venv/bin/python scripts/same_results.py HEAD~3 --only cmdp,ddp --keep /tmp/same
+
+Compared byte for byte: ``metrics.jsonl`` and ``evals.jsonl`` (with the wall-clock fields removed),
+``eval.json``, ``eval_samples.jsonl``, ``summary.json`` (less ``train_seconds``), ``config.yaml``, the final
+student's files and, for the two-process run, each rank's weight digest. Both sides build their own embedded
+models (tiny sizes) from scratch, so the model-building code is compared too. Exit 0 only when every
+configuration matches; a table says which matched and, for the others, the first file that differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The test suite's tiny sizes (tests/helpers.py), fixed here so that both sides run exactly the same thing
+# whatever the ref's tests say.
+TINY = [
+    "task.n_train=400", "task.n_test=12",
+    "model.embedded.tokenizer.vocab_size=200",
+    "model.embedded.teacher.size.hidden=32", "model.embedded.teacher.size.intermediate=64",
+    "model.embedded.teacher.size.layers=1", "model.embedded.teacher.size.heads=2",
+    "model.embedded.teacher.steps=20", "model.embedded.teacher.batch_size=16", "model.embedded.teacher.warmup=2",
+    "model.embedded.student.size.hidden=16", "model.embedded.student.size.intermediate=32",
+    "model.embedded.student.size.layers=1", "model.embedded.student.size.heads=2",
+    "model.embedded.student.steps=10", "model.embedded.student.batch_size=16", "model.embedded.student.warmup=2",
+    "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=10",
+    "optim.steps=3", "optim.micro_batch=6", "scoring.micro_batch=6", "optim.lr=1e-2",
+    "eval.n_problems=4", "eval.samples=2", "eval.batch_size=3", "eval.every=2", "checkpoint.every=2",
+    "logging.wandb.enabled=false", "logging.progress=false", "device=cpu",
+    # under the tiny student's typical C(y) (~2 nats): costs, violations and multipliers all move the weights
+    "constraint.threshold=1",
+]
+METHODS = ["cmdp", "weakest_link", "saute", "lagrangian", "soft_penalty", "grpo", "opd", "gkd", "sft", "seqkd"]
+CONFIGS: dict[str, list[str]] = {m: [f"method={m}"] for m in METHODS}
+CONFIGS.update({
+    # violations on most completions: the informative reward and the direct gradient are exercised
+    "cmdp_token_kl": ["method=cmdp", "constraint.cost=token_kl", "constraint.threshold=0.5", "scoring.chunk=7"],
+    "cmdp_loose": ["method=cmdp", "constraint.threshold=5"],
+    # several micro-batches and inner epochs: no shared student pass, gradient accumulation, ratio clipping
+    "cmdp_accumulate": ["method=cmdp", "optim.micro_batch=3", "scoring.micro_batch=3", "optim.inner_epochs=2"],
+    "lagrangian_pid": ["method=lagrangian", "method.controller=pid", "constraint.threshold=0.5"],
+    "opd_full": ["method=opd", "method.estimator=full"],
+    "gkd_reference": ["method=gkd", "method.off_policy=reference", "method.on_policy_fraction=0.5"],
+    "soft_penalty_teacher_nll": ["method=soft_penalty", "constraint.cost=teacher_nll", "constraint.kind=mean"],
+})
+DDP = ["method=lagrangian", "method.lr=0.5", "method.ema_decay=0", "constraint.threshold=0.001"]
+TIME_KEYS = {"time_generate", "time_score", "time_update", "time_step", "seconds", "eval/seconds", "train_seconds"}
+EXACT = ["eval_samples.jsonl"]
+WITHOUT_TIME = ["metrics.jsonl", "evals.jsonl", "eval.json", "summary.json"]
+# each side builds its embedded models in its own cache, the one line of config.yaml that differs
+WITHOUT_CACHE = ["config.yaml"]
+
+
+def run(side: Path, code: Path, name: str, overrides: list[str], python: str) -> tuple[Path, str | None]:
+    out = side / "runs" / name
+    env = {**os.environ, "PYTHONPATH": str(code), "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    common = [*TINY, f"paths.cache={side / 'cache'}", f"hydra.run.dir={out}"]
+    if name == "ddp":
+        torchrun = shutil.which("torchrun") or str(Path(python).parent / "torchrun")
+        cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29581", "-m", "cdistill.cli", "train", *common,
+               *DDP]
+    else:
+        cmd = [python, "-m", "cdistill.cli", "train", *common, *overrides]
+    r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, timeout=900)
+    return out, None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+
+
+def without_time(rel: str, text: str) -> str:
+    def strip(obj: dict) -> str:
+        return json.dumps({k: v for k, v in obj.items() if k not in TIME_KEYS})
+
+    if rel.endswith(".jsonl"):
+        return "\n".join(strip(json.loads(x)) for x in text.splitlines() if x.strip())
+    return strip(json.loads(text))
+
+
+def first_difference(a: Path, b: Path) -> str | None:
+    """The first output that differs between two run directories, or None."""
+    files = [*EXACT, *WITHOUT_TIME, *WITHOUT_CACHE]
+    files += sorted(str(p.relative_to(a)) for p in (a / "student").rglob("*") if p.is_file())
+    files += sorted(str(p.relative_to(a)) for p in (a / "ranks").glob("*.json")) if (a / "ranks").is_dir() else []
+    if (b / "student").is_dir():
+        theirs = {str(p.relative_to(b)) for p in (b / "student").rglob("*") if p.is_file()}
+        ours = {f for f in files if f.startswith("student/")}
+        if theirs != ours:
+            return f"student/ holds other files: {sorted(theirs ^ ours)}"
+    for rel in files:
+        fa, fb = a / rel, b / rel
+        if fa.is_file() != fb.is_file():
+            return f"{rel} exists on one side only"
+        if not fa.is_file():
+            continue
+        if rel in WITHOUT_TIME:
+            if without_time(rel, fa.read_text()) != without_time(rel, fb.read_text()):
+                return rel
+        elif rel in WITHOUT_CACHE:
+            if [x for x in fa.read_text().splitlines() if not x.strip().startswith("cache:")] != \
+                    [x for x in fb.read_text().splitlines() if not x.strip().startswith("cache:")]:
+                return rel
+        elif fa.read_bytes() != fb.read_bytes():
+            return rel
+    return None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("ref", help="git ref whose results are the record (e.g. HEAD, main, a commit)")
+    p.add_argument("--only", default="", help="comma-separated configuration names (default: all, and ddp)")
+    p.add_argument("--keep", default="", help="write runs here and keep them (default: a temporary directory)")
+    p.add_argument("--python", default=sys.executable)
+    args = p.parse_args()
+    names = [*CONFIGS, "ddp"]
+    if args.only:
+        unknown = set(args.only.split(",")) - set(names)
+        if unknown:
+            print(f"same_results: unknown configuration(s) {sorted(unknown)}; available: {', '.join(names)}",
+                  file=sys.stderr)
+            return 2
+        names = [n for n in names if n in args.only.split(",")]
+    work = Path(args.keep or tempfile.mkdtemp(prefix="same-results-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    tree = work / "ref-tree"
+    if tree.exists():
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tree, ignore_errors=True)
+    r = subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.ref], cwd=ROOT, capture_output=True,
+                       text=True)
+    if r.returncode:
+        print(f"same_results: cannot check out {args.ref}: {r.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+        return 2
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout.strip()
+    sha += " " + hashlib.sha256(json.dumps([TINY, CONFIGS, DDP]).encode()).hexdigest()[:12]
+    rows, failed = [], 0
+    try:
+        # the ref's runs are kept (in --keep) and reused while the ref still names the same commit
+        stamp = work / "ref" / "commit"
+        reuse = stamp.is_file() and stamp.read_text() == sha
+        for side in ("work",) if reuse else ("ref", "work"):
+            shutil.rmtree(work / side, ignore_errors=True)
+        (work / "ref").mkdir(parents=True, exist_ok=True)
+        stamp.write_text(sha)
+        for name in names:
+            t = time.time()
+            ref_out, ref_err = work / "ref" / "runs" / name, None
+            if not (reuse and (ref_out / "summary.json").is_file()):
+                ref_out, ref_err = run(work / "ref", tree, name, CONFIGS.get(name, []), args.python)
+            work_out, work_err = run(work / "work", ROOT, name, CONFIGS.get(name, []), args.python)
+            if ref_err or work_err:
+                verdict = f"FAILED to run: {'ref: ' + ref_err if ref_err else 'work: ' + work_err}"
+            else:
+                diff = first_difference(ref_out, work_out)
+                verdict = "identical" if diff is None else f"DIFFERENT: {diff}"
+            failed += verdict != "identical"
+            rows.append((name, verdict, time.time() - t))
+            print(f"{name:<26} {verdict}  ({time.time() - t:.0f} s)", flush=True)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"\n| configuration | {args.ref} vs working tree |\n|---|---|")
+    for name, verdict, _ in rows:
+        print(f"| {name} | {verdict} |")
+    print(f"\n{len(rows) - failed} of {len(rows)} configurations identical")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
