@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from cdistill.budget import save_student
+from cdistill.models.loading import save_student
 
 DIR = "checkpoints"
 PREFIX = "step-"

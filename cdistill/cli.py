@@ -37,7 +37,7 @@ def guarded(fn):
 
     def wrapper(cfg: DictConfig):
         # imported here: `cdistill --help` and `cdistill report` should not pay for transformers
-        from cdistill.judge import JudgeError
+        from cdistill.eval.judge import JudgeError
         from cdistill.models import ModelError
         from cdistill.runtime import ResourceError
         from cdistill.tasks.base import TaskError
@@ -58,7 +58,7 @@ def guarded(fn):
 def _train(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
-    from cdistill.evaluate import format_report
+    from cdistill.eval.evaluate import format_report
     from cdistill.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -78,8 +78,9 @@ def _train(cfg: DictConfig):
 def _eval(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
-    from cdistill.evaluate import evaluate, format_report, write_eval
-    from cdistill.runtime import build_components, seed_everything
+    from cdistill.eval.evaluate import evaluate, format_report, write_eval
+    from cdistill.models.loading import build_components
+    from cdistill.runtime import seed_everything
 
     run_dir = Path(cfg.run_dir)
     if not (run_dir / "config.yaml").is_file():
@@ -93,8 +94,8 @@ def _eval(cfg: DictConfig):
     if not Path(checkpoint).is_dir():
         raise UserError(f"no student checkpoint at {checkpoint}")
     seed_everything(cfg.seed)
-    comp = build_components(run_cfg, student_path=checkpoint)
-    report, records = evaluate(comp, run_cfg, with_samples=True)
+    parts = build_components(run_cfg, student_path=checkpoint)
+    report, records = evaluate(parts, run_cfg, with_samples=True)
     out = Path(HydraConfig.get().runtime.output_dir)
     write_eval(out, report, records)
     print(format_report(report))
@@ -106,7 +107,7 @@ def _judge(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
     from tqdm.auto import tqdm
 
-    from cdistill.judge import build_judge, judge_runs
+    from cdistill.eval.judge import build_judge, judge_runs
     from cdistill.runtime import pick_device
 
     judge = build_judge(cfg.judge, pick_device(cfg.device))
@@ -126,7 +127,7 @@ def _judge(cfg: DictConfig):
 
 
 def _report(args: list[str]) -> None:
-    from cdistill.report import report_main
+    from cdistill.eval.report import report_main
 
     report_main(args)
 

@@ -66,7 +66,7 @@ def smollm2_tokenizer():
 def build_models(size: str, root: Path) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cdistill.embedded import build_tokenizer
+    from cdistill.models.embedded import build_tokenizer
     from cdistill.tasks import arith
 
     spec = SIZES[size]
@@ -204,7 +204,7 @@ def run_trl(name: str, size: str, paths: dict, steps: int, warmup: int, workdir:
     if name == "trl_grpo":
         from trl import GRPOConfig, GRPOTrainer
 
-        from cdistill.verifier import grade
+        from cdistill.tasks.verifier import grade
 
         # TRL 1.16 loads the reference model from the policy's config._name_or_path: point it at the teacher
         student.config._name_or_path = str(paths["teacher"])

@@ -44,7 +44,7 @@ def build(out: Path, pair: str) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from cdistill.embedded import build_tokenizer
+    from cdistill.models.embedded import build_tokenizer
 
     if (out / "done").is_file():
         return {role: out / role for role in ("student", "teacher")}

@@ -9,8 +9,8 @@ the first push; bfloat16 by default, as a GPU engine would run), samples in its 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from cdistill import engines
-from cdistill.engines import Sample
+from cdistill.rollout import engines
+from cdistill.rollout.engines import Sample
 
 
 class FakeEngine:

@@ -11,8 +11,8 @@ import pytest
 from helpers import TINY
 from omegaconf import OmegaConf
 
-from cdistill import engines
-from cdistill.embedded import build_tokenizer, tiny_llama
+from cdistill.models.embedded import build_tokenizer, tiny_llama
+from cdistill.rollout import engines
 
 
 def cdistill(*args):

@@ -8,11 +8,11 @@ from fake_engine import FakeEngine
 from helpers import tiny_cfg
 from transformers import AutoModelForCausalLM
 
-from cdistill import engines
-from cdistill.engines import EngineSampler, Sample, SamplingSpec, hf_weights
+from cdistill.models.loading import build_components, resolve_model_path
 from cdistill.objectives import clipped_policy_loss, truncated_importance_weights
-from cdistill.rollout import generate, generation_config
-from cdistill.runtime import build_components, resolve_model_path
+from cdistill.rollout import engines
+from cdistill.rollout.engines import EngineSampler, Sample, SamplingSpec, hf_weights
+from cdistill.rollout.sampling import generate, generation_config
 from cdistill.train import train
 
 
@@ -42,8 +42,8 @@ def use_fake_engine(monkeypatch, dtype=torch.bfloat16):
 
 
 def test_sampling_spec_reads_the_hf_backends_settings(tmp_path, cache):
-    comp = build_components(tiny_cfg(tmp_path, cache=cache))
-    tok = comp.tokenizer
+    parts = build_components(tiny_cfg(tmp_path, cache=cache))
+    tok = parts.tokenizer
     spec = SamplingSpec.from_generation_config(generation_config(tok, 17, 0.7, 0.9, False), 4)
     assert spec == SamplingSpec(n=4, max_tokens=17, temperature=0.7, top_p=0.9, greedy=False,
                                 eos_token_id=tok.eos_token_id)
@@ -53,13 +53,13 @@ def test_sampling_spec_reads_the_hf_backends_settings(tmp_path, cache):
 
 @pytest.mark.parametrize("greedy", [True, False])
 def test_engine_rollouts_are_laid_out_exactly_like_the_hf_backends(tmp_path, cache, greedy):
-    comp = build_components(tiny_cfg(tmp_path, cache=cache))
-    tok, n = comp.tokenizer, 1 if greedy else 3
-    prompts = [comp.task.prompt(p) for p in comp.task.train[:3]]
+    parts = build_components(tiny_cfg(tmp_path, cache=cache))
+    tok, n = parts.tokenizer, 1 if greedy else 3
+    prompts = [parts.task.prompt(p) for p in parts.task.train[:3]]
     gen = generation_config(tok, 12, 1.0, 1.0, greedy)
     # the tiny student rarely stops by itself: a bias on EOS gives completions that end and some that are cut
     gen.sequence_bias = {(tok.eos_token_id,): 1.0 if greedy else 2.0}
-    hf = generate(comp.student, tok, prompts, n, gen)
+    hf = generate(parts.student, tok, prompts, n, gen)
     # the engine returns exactly HF's tokens: up to and including the first EOS, nothing after
     rows = []
     for ids, m in zip(hf.seq.completion_ids, hf.seq.completion_mask, strict=True):
@@ -67,7 +67,7 @@ def test_engine_rollouts_are_laid_out_exactly_like_the_hf_backends(tmp_path, cac
     assert any(r.token_ids[-1] == tok.eos_token_id for r in rows)
     assert greedy or any(r.token_ids[-1] != tok.eos_token_id for r in rows)
     engine = ScriptedEngine([rows[i * n : (i + 1) * n] for i in range(len(prompts))])
-    got = EngineSampler(engine, tok, "cpu").sample(comp.student, prompts, n, gen)
+    got = EngineSampler(engine, tok, "cpu").sample(parts.student, prompts, n, gen)
     t = int(hf.seq.completion_mask.sum(1).max())
     assert torch.equal(got.seq.completion_mask, hf.seq.completion_mask[:, :t])
     assert torch.equal(got.seq.completion_ids[got.seq.completion_mask], hf.seq.completion_ids[hf.seq.completion_mask])
@@ -81,12 +81,12 @@ def test_engine_rollouts_are_laid_out_exactly_like_the_hf_backends(tmp_path, cac
 
 
 def test_an_engine_returning_the_wrong_number_of_samples_is_an_error(tmp_path, cache):
-    comp = build_components(tiny_cfg(tmp_path, cache=cache))
-    prompts = [comp.task.prompt(p) for p in comp.task.train[:2]]
+    parts = build_components(tiny_cfg(tmp_path, cache=cache))
+    prompts = [parts.task.prompt(p) for p in parts.task.train[:2]]
     engine = ScriptedEngine([[Sample([5], [-1.0])]])
     with pytest.raises(RuntimeError, match="returned"):
-        EngineSampler(engine, comp.tokenizer, "cpu").sample(comp.student, prompts, 1,
-                                                            generation_config(comp.tokenizer, 4, 1.0, 1.0, False))
+        EngineSampler(engine, parts.tokenizer, "cpu").sample(parts.student, prompts, 1,
+                                                            generation_config(parts.tokenizer, 4, 1.0, 1.0, False))
 
 
 def test_weights_reach_the_engine_before_the_first_rollout_and_after_every_optimiser_step(tmp_path, cache,

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_tasks import DATA, needs_data
 
-from cdistill.embedded import build_tokenizer, tiny_llama
+from cdistill.models.embedded import build_tokenizer, tiny_llama
 from cdistill.tasks.base import Task, TaskError
 from cdistill.train import train
 

@@ -11,7 +11,7 @@ from helpers import CONF
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from cdistill.judge import FAIL_FAST, HFJudge, JudgeError, OpenAIJudge, combine, judge_runs, parse_verdict
+from cdistill.eval.judge import FAIL_FAST, HFJudge, JudgeError, OpenAIJudge, combine, judge_runs, parse_verdict
 
 
 def judge_cfg(**over):
@@ -126,7 +126,7 @@ def test_unreachable_endpoint_is_failed(runs):
 
 
 def test_tiny_local_model_judge_is_deterministic(tmp_path, runs):
-    from cdistill.embedded import build_tokenizer, tiny_llama
+    from cdistill.models.embedded import build_tokenizer, tiny_llama
 
     tok = build_tokenizer(["[[1]] [[2]] [[tie]] GOOD bad one two three solution problem"], 300)
     model = tiny_llama(tok, OmegaConf.create({"hidden": 16, "intermediate": 32, "layers": 1, "heads": 2,
@@ -146,7 +146,7 @@ def test_judge_command_writes_its_results_where_the_report_finds_them(stub, runs
     import subprocess
     import sys
 
-    from cdistill.report import collect
+    from cdistill.eval.report import collect
 
     a, b = runs
     (a / "summary.json").write_text(json.dumps({"method": "cmdp", "threshold": 5}))

@@ -7,10 +7,11 @@ import torch
 from helpers import tiny_cfg
 from transformers import AutoModelForCausalLM
 
-from cdistill.budget import attach, has_budget_input
+from cdistill.models.budget_input import attach, has_budget_input
+from cdistill.models.loading import build_components
 from cdistill.objectives import constraint_stats
-from cdistill.rollout import BudgetTracking, generate, generate_with_budget, generation_config
-from cdistill.runtime import build_components
+from cdistill.rollout.budget_sampler import BudgetTracking, generate_with_budget
+from cdistill.rollout.sampling import generate, generation_config
 from cdistill.scoring import score_rollout
 from cdistill.train import train
 
@@ -76,9 +77,9 @@ def test_seqkd_generates_the_teachers_solutions_once_and_reuses_them(tmp_path, c
     n = cfg.rollout.prompts_per_step * cfg.rollout.samples_per_prompt * cfg.optim.steps
     assert len({r["prompt"] for r in rows}) == len(rows) <= n
     # they are the teacher's greedy solutions
-    comp = build_components(cfg)
-    gen = generation_config(comp.tokenizer, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
-    greedy = generate(comp.teacher, comp.tokenizer, [r["prompt"] for r in rows[:3]], 1, gen)
+    parts = build_components(cfg)
+    gen = generation_config(parts.tokenizer, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
+    greedy = generate(parts.teacher, parts.tokenizer, [r["prompt"] for r in rows[:3]], 1, gen)
     assert greedy.texts == [r["completion"] for r in rows[:3]]
     # a second run over the same prompts generates nothing new
     before = files[0].read_text()
@@ -120,15 +121,15 @@ def test_saute_student_changes_its_behaviour_when_the_budget_input_changes(tmp_p
     # a low budget: completions exhaust it, so z_t varies and the budget projection gets a gradient
     cfg, out, _, _, _ = run(tmp_path, cache, "method=saute", "constraint.threshold=2", "optim.lr=1e-2",
                             "optim.steps=4", "eval.at_start=false")
-    comp = build_components(cfg, student_path=str(out / "student"))
-    assert has_budget_input(comp.student)
-    assert comp.student.budget_input.proj.weight.abs().sum() > 0
-    ids = comp.tokenizer(["Question: 3 + 4?\nAnswer:\n"], return_tensors="pt").input_ids
-    from cdistill.budget import embed
+    parts = build_components(cfg, student_path=str(out / "student"))
+    assert has_budget_input(parts.student)
+    assert parts.student.budget_input.proj.weight.abs().sum() > 0
+    ids = parts.tokenizer(["Question: 3 + 4?\nAnswer:\n"], return_tensors="pt").input_ids
+    from cdistill.models.budget_input import embed
 
     with torch.no_grad():
-        full = comp.student(inputs_embeds=embed(comp.student, ids, torch.ones(ids.shape))).logits
-        empty = comp.student(inputs_embeds=embed(comp.student, ids, -torch.ones(ids.shape))).logits
+        full = parts.student(inputs_embeds=embed(parts.student, ids, torch.ones(ids.shape))).logits
+        empty = parts.student(inputs_embeds=embed(parts.student, ids, -torch.ones(ids.shape))).logits
     assert not torch.allclose(full, empty)
     # the HF checkpoint alone is the plain student (the budget input is a separate file)
     plain = AutoModelForCausalLM.from_pretrained(out / "student")
@@ -138,15 +139,14 @@ def test_saute_student_changes_its_behaviour_when_the_budget_input_changes(tmp_p
 @pytest.mark.parametrize("kind", ["sum", "mean", "prefix_mean"])
 def test_saute_sampling_feeds_the_budget_that_scoring_recomputes(tmp_path, cache, kind):
     cfg = tiny_cfg(tmp_path, f"constraint.kind={kind}", "constraint.threshold=0.7", cache=cache)
-    comp = build_components(cfg)
-    attach(comp.student)
-    torch.nn.init.normal_(comp.student.budget_input.proj.weight)  # a student that does react to z
-    track = BudgetTracking(comp.teacher, "logratio", kind, 0.7, comp.vocab, 1.0)
-    gen = generation_config(comp.tokenizer, 10, 1.0, 1.0, False)
-    prompts = [comp.task.prompt(p) for p in comp.task.test[:3]]
-    rollout = generate_with_budget(comp.student, comp.tokenizer, prompts, 2, gen, track)
-    scored, _ = score_rollout(rollout, [p for p in comp.task.test[:3] for _ in range(2)], comp.task, comp.student,
-                              comp.teacher, cfg.constraint, 1.0, 64, comp.vocab, 8)
+    parts = build_components(cfg)
+    attach(parts.student)
+    torch.nn.init.normal_(parts.student.budget_input.proj.weight)  # a student that does react to z
+    track = BudgetTracking(parts.teacher, "logratio", kind, 0.7, parts.vocab, 1.0)
+    gen = generation_config(parts.tokenizer, 10, 1.0, 1.0, False)
+    prompts = [parts.task.prompt(p) for p in parts.task.test[:3]]
+    rollout = generate_with_budget(parts.student, parts.tokenizer, prompts, 2, gen, track)
+    scored = score_rollout(rollout, [p for p in parts.task.test[:3] for _ in range(2)], parts, cfg)
     stats = constraint_stats(scored.costs, scored.mask, 0.7, kind)
     fed = rollout.seq.budget[:, rollout.seq.prompt_len:]
     want = (0.7 - stats.running) / 0.7
@@ -156,13 +156,13 @@ def test_saute_sampling_feeds_the_budget_that_scoring_recomputes(tmp_path, cache
 
 def test_saute_greedy_sampling_with_an_untrained_budget_input_equals_hf_generate(tmp_path, cache):
     cfg = tiny_cfg(tmp_path, cache=cache)
-    comp = build_components(cfg)
-    prompts = [comp.task.prompt(p) for p in comp.task.test[:4]]
-    gen = generation_config(comp.tokenizer, 10, 1.0, 1.0, True)
-    plain = generate(comp.student, comp.tokenizer, prompts, 1, gen)
-    attach(comp.student)  # zero-initialised: the augmented student is the plain one
-    track = BudgetTracking(comp.teacher, "logratio", "sum", 5.0, comp.vocab, 1.0)
-    tracked = generate(comp.student, comp.tokenizer, prompts, 1, gen, budget=track)
+    parts = build_components(cfg)
+    prompts = [parts.task.prompt(p) for p in parts.task.test[:4]]
+    gen = generation_config(parts.tokenizer, 10, 1.0, 1.0, True)
+    plain = generate(parts.student, parts.tokenizer, prompts, 1, gen)
+    attach(parts.student)  # zero-initialised: the augmented student is the plain one
+    track = BudgetTracking(parts.teacher, "logratio", "sum", 5.0, parts.vocab, 1.0)
+    tracked = generate(parts.student, parts.tokenizer, prompts, 1, gen, budget=track)
     assert tracked.texts == plain.texts
 
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cdistill.budget import attach
-from cdistill.embedded import build_tokenizer, tiny_llama
-from cdistill.models import Sequences, score
+from cdistill.models import Sequences, completion_forward
+from cdistill.models.budget_input import attach
+from cdistill.models.embedded import build_tokenizer, tiny_llama
+from cdistill.objectives import ScoringSpec
 from cdistill.objectives.masks import completion_mask
 
 
@@ -28,11 +29,11 @@ def model_and_batch():
 
 def test_shared_prompt_forward_matches_the_full_forward(model_and_batch):
     model, seq, g = model_and_batch
-    full = score(model, seq, 0.9, 4)
-    shared = score(model, seq, 0.9, 4, group_size=g)
+    full = completion_forward(model, seq, ScoringSpec(0.9, 4))
+    shared = completion_forward(model, seq, ScoringSpec(0.9, 4, group_size=g))
     m = seq.completion_mask
-    torch.testing.assert_close(shared[0][m], full[0][m], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(shared[2][m], full[2][m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.logp[m], full.logp[m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.hidden[m], full.hidden[m], rtol=1e-5, atol=1e-5)
 
 
 def test_shared_prompt_forward_gives_the_same_gradients(model_and_batch):
@@ -40,7 +41,7 @@ def test_shared_prompt_forward_gives_the_same_gradients(model_and_batch):
     grads = []
     for group in (1, g):
         model.zero_grad()
-        logp, _, _ = score(model, seq, 1.0, 4, group_size=group)
+        logp = completion_forward(model, seq, ScoringSpec(1.0, 4, group_size=group)).logp
         (logp * seq.completion_mask).sum().backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for n in grads[0]:
@@ -53,7 +54,8 @@ def test_shared_prompt_forward_feeds_a_saute_student_its_recorded_budget(model_a
     torch.nn.init.normal_(model.budget_input.proj.weight)
     budget = torch.cat([torch.ones(seq.input_ids.shape[0], seq.prompt_len), torch.rand(seq.input_ids.shape[0], 6)], 1)
     seq = Sequences(**{**vars(seq), "budget": budget})
-    full, shared = score(model, seq, 1.0, 4), score(model, seq, 1.0, 4, group_size=g)
+    full = completion_forward(model, seq, ScoringSpec(1.0, 4))
+    shared = completion_forward(model, seq, ScoringSpec(1.0, 4, group_size=g))
     del model.budget_input
     m = seq.completion_mask
-    torch.testing.assert_close(shared[0][m], full[0][m], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.logp[m], full.logp[m], rtol=1e-5, atol=1e-5)

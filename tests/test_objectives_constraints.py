@@ -8,6 +8,7 @@ from cdistill.objectives import (
     cmdp_rewards,
     completion_mask,
     constraint_stats,
+    running_step,
     soft_penalty_rewards,
     terminal_reward,
 )
@@ -137,7 +138,7 @@ def test_soft_penalty_sums_to_r_minus_lambda_c_for_every_kind():
     task_r = torch.tensor([1.0, 0.0, 1.0]).double()
     for kind in ("sum", "mean", "prefix_mean"):
         st = constraint_stats(costs, mask, 0.0, kind)
-        r = soft_penalty_rewards(task_r, st, mask, weight=0.1)
+        r = soft_penalty_rewards(task_r, st, mask, penalty=0.1)
         torch.testing.assert_close(r.sum(1), task_r - 0.1 * st.value)
         assert (r[~mask] == 0).all()
 
@@ -146,3 +147,17 @@ def test_terminal_reward_sits_on_the_last_valid_token():
     mask = ragged_mask([3, 1, 0], 4)
     r = terminal_reward(torch.tensor([2.0, 3.0, 4.0]), mask)
     assert r.tolist() == [[0, 0, 2.0, 0], [3.0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("kind", ["sum", "mean", "prefix_mean"])
+def test_the_running_statistic_one_token_at_a_time_equals_constraint_stats(kind):
+    costs = torch.randn(4, 6).double()
+    mask = ragged_mask([6, 3, 1, 5], 6)
+    want = constraint_stats(costs, mask, 1.0, kind).running
+    total, count = torch.zeros(4).double(), torch.zeros(4).double()
+    running = torch.full((4,), float("-inf")).double()
+    for j in range(6):
+        live = mask[:, j].double()
+        total, count = total + costs[:, j] * live, count + live
+        running = torch.where(mask[:, j], running_step(kind, total, count, running), running)
+        torch.testing.assert_close(running[mask[:, j]], want[:, j][mask[:, j]])

@@ -7,6 +7,8 @@ import torch
 from conftest import ragged_mask
 
 from cdistill.objectives import (
+    COSTS,
+    ScoringSpec,
     entropy_from_logits,
     generalized_jsd,
     kl_estimate,
@@ -168,3 +170,27 @@ def test_token_jsd_matches_brute_force_per_position_and_is_differentiable_in_the
             assert got[b, t].item() == pytest.approx(want, abs=1e-5)
     got.sum().backward()
     assert hs.grad.abs().sum() > 0 and (wt.grad is None or wt.grad.abs().sum() == 0)
+
+
+@pytest.mark.parametrize("name", sorted(COSTS))
+def test_each_registered_cost_gives_the_same_c_t_one_token_at_a_time_as_over_whole_completions(name):
+    # the budget-tracking sampler (at_step) and scoring (per_token) must budget the same quantity
+    torch.manual_seed(3)
+    b, t, h, v, temperature = 2, 4, 5, 7, 0.8
+    hs, ht = torch.randn(b, t, h), torch.randn(b, t, h)
+    ws, wt = torch.randn(v, h), torch.randn(v, h)
+    tokens = torch.randint(0, v, (b, t))
+    mask = torch.ones(b, t, dtype=torch.bool)
+    s_all = torch.log_softmax(hs @ ws.T / temperature, -1)
+    t_all = torch.log_softmax(ht @ wt.T, -1)
+    s_logp, t_logp = s_all.gather(-1, tokens[..., None])[..., 0], t_all.gather(-1, tokens[..., None])[..., 0]
+    whole = COSTS[name].per_token(student_logp=s_logp, teacher_logp=t_logp, mask=mask, student_hidden=hs,
+                                  student_weight=ws, teacher_hidden=ht, teacher_weight=wt,
+                                  spec=ScoringSpec(temperature=temperature, chunk=3, vocab=v))
+    stepwise = torch.stack([COSTS[name].at_step(s_all[:, j], t_all[:, j], tokens[:, j]) for j in range(t)], dim=1)
+    torch.testing.assert_close(stepwise, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_the_registry_says_which_costs_depend_on_the_student_and_which_need_hidden_states():
+    assert {n for n, c in COSTS.items() if c.depends_on_student} == {"logratio", "token_kl"}
+    assert {n for n, c in COSTS.items() if c.needs_hidden} == {"token_kl"}

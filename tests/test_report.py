@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cdistill.report import collect, report_main
+from cdistill.eval.report import collect, report_main
 
 
 def fake_run(root, method, d, acc, div, lam=None):
@@ -47,7 +47,7 @@ def test_report_skips_a_corrupt_summary_and_fails_on_nothing(tmp_path):
 
 
 def test_pareto_plots_c_of_y_only_when_every_run_measures_it_the_same_way():
-    from cdistill.report import pareto_axis
+    from cdistill.eval.report import pareto_axis
 
     same = [{"cost": "logratio", "kind": "sum"}, {"cost": "logratio", "kind": "sum"}]
     mixed = [*same, {"cost": "teacher_nll", "kind": "prefix_mean"}]

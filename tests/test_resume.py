@@ -147,16 +147,17 @@ def test_too_many_bad_steps_in_a_row_stop_the_run_with_the_last_good_checkpoint(
 
 
 def test_teacher_out_of_memory_names_the_remedy(tmp_path, cache, monkeypatch):
-    from cdistill.runtime import ResourceError, build_components
+    from cdistill.models.loading import build_components
+    from cdistill.runtime import ResourceError
 
     cfg = tiny_cfg(tmp_path, "eval.at_start=false", cache=cache)
-    comp = build_components(cfg)
+    parts = build_components(cfg)
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(comp.teacher, "get_decoder", lambda: oom)
-    monkeypatch.setattr("cdistill.train.build_components", lambda *a, **k: comp)
+    monkeypatch.setattr(parts.teacher, "get_decoder", lambda: oom)
+    monkeypatch.setattr("cdistill.train.build_components", lambda *a, **k: parts)
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(ResourceError, match="teacher forward .* ran out of GPU memory .* lower scoring.micro_batch"):

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from cdistill.tasks import build_task
 from cdistill.tasks.arith import make_problem, split, train_rows
 from cdistill.tasks.base import TaskError, read_jsonl
-from cdistill.verifier import answers_match, extract_answer, grade
+from cdistill.tasks.verifier import answers_match, extract_answer, grade
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(), reason="../shared/data not present")

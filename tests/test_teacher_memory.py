@@ -5,9 +5,10 @@ import pytest
 import torch
 from helpers import tiny_cfg
 
-from cdistill.models import score
-from cdistill.rollout import generate, generation_config
-from cdistill.runtime import build_components
+from cdistill.models import completion_forward
+from cdistill.models.loading import build_components
+from cdistill.objectives import ScoringSpec
+from cdistill.rollout.sampling import generate, generation_config
 from cdistill.train import train
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -21,8 +22,9 @@ def test_an_8bit_teacher_has_int8_layers_a_float_head_and_scores_like_the_full_o
     assert quant.teacher.get_output_embeddings().weight.dtype == torch.float32  # the chunked scorer reads it
     prompts = [full.task.prompt(p) for p in full.task.train[:4]]
     roll = generate(full.student, full.tokenizer, prompts, 2, generation_config(full.tokenizer, 10, 1.0, 1.0, False))
-    a, _, _ = score(full.teacher, roll.seq, 1.0, 64, full.vocab)
-    b, _, _ = score(quant.teacher, roll.seq, 1.0, 64, full.vocab)
+    spec = ScoringSpec(temperature=1.0, chunk=64, vocab=full.vocab)
+    a = completion_forward(full.teacher, roll.seq, spec).logp
+    b = completion_forward(quant.teacher, roll.seq, spec).logp
     m = roll.seq.completion_mask
     assert not torch.equal(a[m], b[m])  # really another set of weights...
     assert (a[m] - b[m]).abs().max() < 0.01  # ...that LLM.int8 keeps close (measured 8e-4 nats)

@@ -7,10 +7,10 @@ import torch
 from helpers import tiny_cfg
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cdistill import embedded
-from cdistill.evaluate import evaluate
+from cdistill.eval.evaluate import evaluate
 from cdistill.methods import METHODS
-from cdistill.runtime import build_components
+from cdistill.models import embedded
+from cdistill.models.loading import build_components
 from cdistill.train import train
 
 
@@ -54,8 +54,8 @@ def test_training_changes_the_student_weights(tmp_path, cache):
     # the tiny student is never right, so the cost term is what moves it
     cfg = tiny_cfg(tmp_path, "method=soft_penalty", "method.penalty=1", "optim.lr=0.01", "eval.at_start=false",
                    cache=cache)
-    comp = build_components(cfg)
-    before = {k: v.clone() for k, v in comp.student.state_dict().items()}
+    parts = build_components(cfg)
+    before = {k: v.clone() for k, v in parts.student.state_dict().items()}
     run = tmp_path / "run"
     run.mkdir()
     train(cfg, run)
@@ -77,9 +77,9 @@ def test_saved_student_reloads_with_plain_transformers_and_generates(tmp_path, c
 
 def test_evaluation_is_reproducible_and_its_rates_agree_with_its_samples(tmp_path, cache):
     cfg = tiny_cfg(tmp_path, "eval.n_problems=6", "eval.samples=3", "constraint.threshold=4", cache=cache)
-    comp = build_components(cfg)
-    report, records = evaluate(comp, cfg, with_samples=True)
-    again, _ = evaluate(comp, cfg, with_samples=True)
+    parts = build_components(cfg)
+    report, records = evaluate(parts, cfg, with_samples=True)
+    again, _ = evaluate(parts, cfg, with_samples=True)
     assert report == again
     samples = [s for r in records for s in r["samples"]]
     assert len(samples) == 18

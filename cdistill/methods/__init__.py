@@ -1,6 +1,6 @@
 """Methods, registered by the name that ``method=<name>`` selects."""
 
-from cdistill.methods.base import Method, Scored
+from cdistill.methods.base import Method
 from cdistill.methods.cmdp import CMDP
 from cdistill.methods.gkd import GKD
 from cdistill.methods.grpo import GRPO
@@ -17,10 +17,11 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg, constraint, optim) -> Method:
+def build_method(cfg, constraint, optim, reduce_mean=None) -> Method:
+    """The method ``cfg.name`` with its options; ``reduce_mean`` averages a number over every process."""
     if cfg.name not in METHODS:
         raise ValueError(f"unknown method {cfg.name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.name](cfg, constraint, optim)
+    return METHODS[cfg.name](cfg, constraint, optim, reduce_mean)
 
 
-__all__ = ["METHODS", "Method", "Scored", "build_method"]
+__all__ = ["METHODS", "Method", "build_method"]

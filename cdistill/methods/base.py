@@ -7,26 +7,10 @@ methods, so that a comparison measures the objective and nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from cdistill.objectives import ConstraintStats, group_normalize, reward_to_go
-
-
-@dataclass
-class Scored:
-    """One step's rollouts, scored. All [B, T] tensors are detached and zero at masked positions."""
-
-    mask: torch.Tensor  # [B, T] bool
-    task_reward: torch.Tensor  # [B] verifier reward R(x, y) in {0, 1}
-    old_logp: torch.Tensor  # [B, T] student log-probs at sampling time
-    teacher_logp: torch.Tensor  # [B, T]
-    costs: torch.Tensor  # [B, T] c_t under constraint.cost
-    stats: ConstraintStats
-    group_size: int
-    teacher_hidden: torch.Tensor | None = None  # [B, T, H], kept only when the cost needs it (token_kl)
-    sampler_logp: torch.Tensor | None = None  # [B, T] the rollout engine's log-probs (vLLM), else None
+from cdistill.objectives import MicroBatch, Scored, group_normalize, reward_to_go
+from cdistill.rollout.sources import Source
 
 
 class Method:
@@ -34,10 +18,10 @@ class Method:
 
     name = "base"
 
-    def __init__(self, cfg, constraint, optim):
+    def __init__(self, cfg, constraint, optim, reduce_mean=None):
         self.cfg, self.constraint, self.optim = cfg, constraint, optim
-        # the mean of a per-rank number over every process (set by the loop under accelerate launch)
-        self.reduce_mean = lambda x: x
+        # the mean of a per-rank number over every process (under accelerate launch; the identity alone)
+        self.reduce_mean = reduce_mean or (lambda x: x)
 
     def normalize(self, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-token rewards → reward-to-go → per-prompt group normalisation (shared by all methods)."""
@@ -54,17 +38,14 @@ class Method:
     # set by ``saute``: the student takes the remaining budget as an input
     conditions_on_budget = False
 
-    def source(self, step: int) -> str:
-        """Where this step's completions come from: ``student`` samples (on-policy), ``teacher`` samples,
-        ``reference`` solutions of the dataset, ``teacher_cached`` (greedy teacher solutions, generated once)
-        or ``budget`` (student samples conditioned on the remaining budget, tracked with the teacher)."""
-        return "student"
+    def source(self, step: int) -> Source:
+        """Where this step's completions come from (``rollout.sources.Source``): the student's own samples
+        unless the method says otherwise."""
+        return Source.STUDENT
 
-    def extra_loss(self, b: Scored, live, denom: torch.Tensor):
-        """A differentiable term added to the policy loss for one micro-batch, or None.
-
-        ``live`` (``cdistill.scoring.Live``) holds that micro-batch re-scored with the student's gradient.
-        """
+    def extra_loss(self, b: Scored, batch: MicroBatch, denom: torch.Tensor) -> torch.Tensor | None:
+        """A differentiable term added to the policy loss for one micro-batch (``batch``: those rows of ``b``
+        re-run through the student with its gradient), or None."""
         return None
 
     def after_step(self, b: Scored) -> dict[str, float]:

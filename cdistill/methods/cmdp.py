@@ -6,8 +6,8 @@ the first violation on the state is absorbing: the task reward is forfeited, the
 −penalty, and later tokens get −c_t so that a violating completion still pulls back toward the teacher.
 """
 
-from cdistill.methods.base import Method, Scored
-from cdistill.objectives import cmdp_rewards, token_mean
+from cdistill.methods.base import Method
+from cdistill.objectives import COSTS, Scored, cmdp_rewards, token_mean
 from cdistill.objectives.rewards import after_violation
 
 
@@ -18,14 +18,13 @@ class CMDP(Method):
         rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
         return self.normalize(rewards, b.mask, b.group_size)
 
-    def extra_loss(self, b: Scored, live, denom):
-        # The informative reward −c_t depends on θ for logratio and token_kl costs: besides its
-        # score-function part (in the advantages) it has a direct part, ∇θ Σ_{t>τ} c_t, which this term adds.
-        depends_on_student = self.constraint.cost in ("logratio", "token_kl")
-        if not (self.cfg.informative and self.cfg.direct_gradient and depends_on_student):
+    def extra_loss(self, b: Scored, batch, denom):
+        # An informative reward −c_t that depends on θ (logratio, token_kl): besides its score-function part
+        # (in the advantages) it has a direct part, ∇θ Σ_{t>τ} c_t, which this term adds.
+        if not (self.cfg.informative and self.cfg.direct_gradient and COSTS[self.constraint.cost].depends_on_student):
             return None
-        return self.cfg.direct_gradient * token_mean(live.cost(self.constraint.cost),
-                                                     after_violation(b.stats)[live.rows], denom)
+        return self.cfg.direct_gradient * token_mean(batch.cost(self.constraint.cost),
+                                                     after_violation(b.stats)[batch.rows], denom)
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}

@@ -1,7 +1,7 @@
 """``grpo``: task reward only (λ = 0). The reward-hacking reference: nothing keeps it near the teacher."""
 
-from cdistill.methods.base import Method, Scored
-from cdistill.objectives import terminal_reward
+from cdistill.methods.base import Method
+from cdistill.objectives import Scored, terminal_reward
 
 
 class GRPO(Method):

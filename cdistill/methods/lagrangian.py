@@ -4,15 +4,15 @@
 step. It only targets the expectation E[C] ≤ d, not every sample: the contrast with ``cmdp``.
 """
 
-from cdistill.methods.base import Method, Scored
-from cdistill.objectives import CONTROLLERS, lagrangian_advantage, terminal_reward
+from cdistill.methods.base import Method
+from cdistill.objectives import CONTROLLERS, Scored, lagrangian_advantage, terminal_reward
 
 
 class Lagrangian(Method):
     name = "lagrangian"
 
-    def __init__(self, cfg, constraint, optim):
-        super().__init__(cfg, constraint, optim)
+    def __init__(self, cfg, constraint, optim, reduce_mean=None):
+        super().__init__(cfg, constraint, optim, reduce_mean)
         if cfg.controller not in CONTROLLERS:
             raise ValueError(f"unknown multiplier controller {cfg.controller!r}; expected one of {sorted(CONTROLLERS)}")
         init, self._update = CONTROLLERS[cfg.controller]

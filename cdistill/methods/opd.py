@@ -5,8 +5,8 @@ full-vocabulary KL at each visited position, differentiated directly (``estimato
 
 import torch
 
-from cdistill.methods.base import Method, Scored
-from cdistill.objectives import reward_to_go, token_mean
+from cdistill.methods.base import Method
+from cdistill.objectives import Scored, reward_to_go, token_mean
 
 ESTIMATORS = ("sampled", "full")
 
@@ -14,8 +14,8 @@ ESTIMATORS = ("sampled", "full")
 class OPD(Method):
     name = "opd"
 
-    def __init__(self, cfg, constraint, optim):
-        super().__init__(cfg, constraint, optim)
+    def __init__(self, cfg, constraint, optim, reduce_mean=None):
+        super().__init__(cfg, constraint, optim, reduce_mean)
         if cfg.estimator not in ESTIMATORS:
             raise ValueError(f"unknown opd estimator {cfg.estimator!r}; expected one of {ESTIMATORS}")
         self.needs_teacher_hidden = cfg.estimator == "full"
@@ -27,7 +27,7 @@ class OPD(Method):
         adv = -b.costs * b.mask
         return reward_to_go(adv, b.mask) if self.cfg.returns == "to_go" else adv
 
-    def extra_loss(self, b: Scored, live, denom):
+    def extra_loss(self, b: Scored, batch, denom):
         if self.cfg.estimator != "full":
             return None
-        return token_mean(live.cost("token_kl"), live.mask, denom)
+        return token_mean(batch.cost("token_kl"), batch.mask, denom)

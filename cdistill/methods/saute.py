@@ -7,11 +7,12 @@ runs the teacher beside the student at every token: the deployment cost the pape
 """
 
 from cdistill.methods.cmdp import CMDP
+from cdistill.rollout.sources import Source
 
 
 class Saute(CMDP):
     name = "saute"
     conditions_on_budget = True
 
-    def source(self, step: int) -> str:
-        return "budget"
+    def source(self, step: int) -> Source:
+        return Source.BUDGET

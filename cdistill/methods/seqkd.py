@@ -2,10 +2,11 @@
 solutions to the training prompts, generated once and cached on disk (``paths.cache``)."""
 
 from cdistill.methods.sft import SFT
+from cdistill.rollout.sources import Source
 
 
 class SeqKD(SFT):
     name = "seqkd"
 
-    def source(self, step: int) -> str:
-        return "teacher_cached"
+    def source(self, step: int) -> Source:
+        return Source.TEACHER_CACHED

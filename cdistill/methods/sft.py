@@ -2,18 +2,19 @@
 
 import torch
 
-from cdistill.methods.base import Method, Scored
-from cdistill.objectives import token_mean
+from cdistill.methods.base import Method
+from cdistill.objectives import Scored, token_mean
+from cdistill.rollout.sources import Source
 
 
 class SFT(Method):
     name = "sft"
 
-    def source(self, step: int) -> str:
-        return "reference"
+    def source(self, step: int) -> Source:
+        return Source.REFERENCE
 
     def advantages(self, b: Scored):
         return torch.zeros_like(b.costs)
 
-    def extra_loss(self, b: Scored, live, denom):
-        return token_mean(-live.logp, live.mask, denom)
+    def extra_loss(self, b: Scored, batch, denom):
+        return token_mean(-batch.logp, batch.mask, denom)

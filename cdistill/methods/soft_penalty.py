@@ -1,7 +1,7 @@
 """``soft_penalty``: the soft-Lagrangian baseline (GKD-GRPO / KDRL style), reward R − λ C(y), λ fixed."""
 
-from cdistill.methods.base import Method, Scored
-from cdistill.objectives import soft_penalty_rewards
+from cdistill.methods.base import Method
+from cdistill.objectives import Scored, soft_penalty_rewards
 
 
 class SoftPenalty(Method):

@@ -6,16 +6,23 @@ vocabulary at each visited prefix, Σ_a π_θ(a|s_t) R̂(s_t, a) (chunked, diffe
 the future return G_{t+1} (with the task reward) is sampled and weighs log π_θ(y_t|s_t).
 """
 
-from cdistill.methods.base import Method, Scored
-from cdistill.objectives import cmdp_rewards, future_return, terminal_reward, token_mean, weakest_link_exact_term
+from cdistill.methods.base import Method
+from cdistill.objectives import (
+    Scored,
+    cmdp_rewards,
+    future_return,
+    terminal_reward,
+    token_mean,
+    weakest_link_exact_term,
+)
 
 
 class WeakestLink(Method):
     name = "weakest_link"
     needs_teacher_hidden = True
 
-    def __init__(self, cfg, constraint, optim):
-        super().__init__(cfg, constraint, optim)
+    def __init__(self, cfg, constraint, optim, reduce_mean=None):
+        super().__init__(cfg, constraint, optim, reduce_mean)
         if constraint.cost != "teacher_nll" or constraint.kind != "prefix_mean":
             raise ValueError("method weakest_link needs constraint.cost=teacher_nll and constraint.kind=prefix_mean, "
                              f"got {constraint.cost} / {constraint.kind}")
@@ -28,12 +35,12 @@ class WeakestLink(Method):
         returns = future_return(rewards, rewards - task_part, b.mask)
         return self.normalize_returns(returns, b.mask, b.group_size)
 
-    def extra_loss(self, b: Scored, live, denom):
+    def extra_loss(self, b: Scored, batch, denom):
         exact = weakest_link_exact_term(
-            live.hidden, live.student_weight, live.teacher_hidden, live.teacher_weight, b.costs[live.rows],
-            b.stats.absorbed[live.rows], live.mask, self.constraint.threshold, self.cfg.penalty,
-            self.cfg.informative, live.chunk, live.vocab, live.temperature)
-        return -self.cfg.exact_weight * token_mean(exact, live.mask, denom)
+            batch.hidden, batch.student_weight, batch.teacher_hidden, batch.teacher_weight, b.costs[batch.rows],
+            b.stats.absorbed[batch.rows], batch.mask, self.constraint.threshold, self.cfg.penalty,
+            self.cfg.informative, batch.spec.chunk, batch.spec.vocab, batch.spec.temperature)
+        return -self.cfg.exact_weight * token_mean(exact, batch.mask, denom)
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}

@@ -9,9 +9,10 @@ first EOS never counts. Masks are prefix masks (valid positions first), as gener
 """
 
 from cdistill.objectives.advantages import future_return, group_normalize, reward_to_go
-from cdistill.objectives.chunking import positionwise
-from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats
-from cdistill.objectives.costs import COSTS, logratio_cost, teacher_nll_cost, token_jsd_cost, token_kl_cost
+from cdistill.objectives.batch import MicroBatch, Scored
+from cdistill.objectives.chunking import ScoringSpec, positionwise
+from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats, running_step
+from cdistill.objectives.costs import COSTS, Cost, logratio_cost, teacher_nll_cost, token_jsd_cost, token_kl_cost
 from cdistill.objectives.divergences import entropy_from_logits, generalized_jsd, kl_estimate
 from cdistill.objectives.importance import truncated_importance_weights
 from cdistill.objectives.losses import (
@@ -34,6 +35,10 @@ __all__ = [
     "CONTROLLERS",
     "KINDS",
     "ConstraintStats",
+    "Cost",
+    "MicroBatch",
+    "Scored",
+    "ScoringSpec",
     "clipped_policy_loss",
     "cmdp_rewards",
     "completion_mask",
@@ -49,6 +54,7 @@ __all__ = [
     "logratio_cost",
     "positionwise",
     "reward_to_go",
+    "running_step",
     "soft_penalty_rewards",
     "teacher_nll_cost",
     "terminal_reward",

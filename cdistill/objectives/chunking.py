@@ -8,10 +8,25 @@ in the backward pass instead of being kept, so peak memory stays O(chunk × V) w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """How completion log-probs are computed from a model's hidden states."""
+
+    temperature: float = 1.0  # the student's log-probs are taken at the rollout temperature, the teacher's at 1
+    chunk: int = 1024  # positions per full-vocabulary chunk (peak memory ~ chunk × vocabulary floats)
+    vocab: int | None = None  # rows of the output embedding that are real tokens (padding rows cut)
+    group_size: int = 1  # consecutive completions that share one prompt forward (1: none shared)
+
+    def replace(self, **changes) -> ScoringSpec:
+        return dataclasses.replace(self, **changes)
 
 
 def positionwise(

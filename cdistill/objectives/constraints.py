@@ -33,19 +33,28 @@ class ConstraintStats:
     satisfied: torch.Tensor  # [B] bool: C(y) ≤ d
 
 
+def prefix_statistic(kind: str, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """C of a prefix from the sum and number of its costs, before ``prefix_mean`` takes the maximum over
+    shorter prefixes: the sum, or the mean."""
+    return total if kind == "sum" else total / count.clamp(min=1)
+
+
+def running_step(kind: str, total: torch.Tensor, count: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """C_t one token at a time, from the running sum and count of costs and C_{t−1} (−inf before the first
+    token): what a sampler that tracks the budget while it samples computes. ``constraint_stats`` gives the
+    same C_t for whole completions at once."""
+    value = prefix_statistic(kind, total, count)
+    return torch.maximum(previous, value) if kind == "prefix_mean" else value
+
+
 def constraint_stats(costs: torch.Tensor, mask: torch.Tensor, threshold: float, kind: str = "sum") -> ConstraintStats:
     if kind not in KINDS:
         raise ValueError(f"unknown constraint kind {kind!r}; expected one of {KINDS}")
     m = mask.bool()
     mf = m.to(costs.dtype)
-    s = (costs * mf).cumsum(dim=1)
-    if kind == "sum":
-        running = s
-    else:
-        n = mf.cumsum(dim=1).clamp(min=1)
-        running = s / n
-        if kind == "prefix_mean":
-            running = running.masked_fill(~m, float("-inf")).cummax(dim=1).values
+    running = prefix_statistic(kind, (costs * mf).cumsum(dim=1), mf.cumsum(dim=1))
+    if kind == "prefix_mean":
+        running = running.masked_fill(~m, float("-inf")).cummax(dim=1).values
     running = running.masked_fill(~m, 0.0)
 
     last = last_token_onehot(m)

@@ -5,6 +5,9 @@ All return [B, T] float tensors, zero at masked positions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from cdistill.objectives.chunking import logits_from_hidden, positionwise
@@ -27,9 +30,13 @@ def teacher_nll_cost(teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 def kl_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Exact KL(p_s ‖ p_t) for each row of two [n, V] logit matrices."""
-    ls = torch.log_softmax(student_logits.float(), dim=-1)
-    lt = torch.log_softmax(teacher_logits.float(), dim=-1)
-    return (ls.exp() * (ls - lt)).sum(dim=-1)
+    return kl_from_logprobs(torch.log_softmax(student_logits.float(), dim=-1),
+                            torch.log_softmax(teacher_logits.float(), dim=-1))
+
+
+def kl_from_logprobs(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Exact KL(p_s ‖ p_t) for each row of two [n, V] log-prob matrices."""
+    return (student_logp.exp() * (student_logp - teacher_logp)).sum(dim=-1)
 
 
 def token_kl_cost(
@@ -84,5 +91,45 @@ def token_jsd_cost(
     return positionwise(fn, mask, [student_hidden, teacher_hidden], chunk)
 
 
-# Names accepted by ``constraint.cost``. token_kl needs hidden states, so callers dispatch on the name.
-COSTS = ("logratio", "token_kl", "teacher_nll")
+def _logratio_tokens(student_logp, teacher_logp, mask, **_):
+    return logratio_cost(student_logp, teacher_logp, mask)
+
+
+def _teacher_nll_tokens(teacher_logp, mask, **_):
+    return teacher_nll_cost(teacher_logp, mask)
+
+
+def _token_kl_tokens(student_hidden, student_weight, teacher_hidden, teacher_weight, mask, spec, **_):
+    return token_kl_cost(student_hidden, student_weight, teacher_hidden, teacher_weight, mask, spec.chunk,
+                         spec.vocab, spec.temperature)
+
+
+def _sampled(logp: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    return logp.gather(1, token[:, None]).squeeze(1)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One per-token cost c_t, in the two forms cdistill needs.
+
+    ``per_token(student_logp=, teacher_logp=, mask=, student_hidden=, student_weight=, teacher_hidden=,
+    teacher_weight=, spec=)`` gives [B, T] over scored completions (each cost reads the arguments it needs);
+    ``at_step(student_logp, teacher_logp, token)`` gives [n] at one position from full [n, V] log-prob rows
+    (the student's at the rollout temperature), for a sampler that tracks the budget token by token.
+    """
+
+    name: str
+    per_token: Callable[..., torch.Tensor]
+    at_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    depends_on_student: bool  # c_t is a function of θ (its direct gradient exists)
+    needs_hidden: bool  # needs both models' hidden states and output embeddings (the full distributions)
+
+
+COSTS: dict[str, Cost] = {c.name: c for c in (
+    Cost("logratio", _logratio_tokens, lambda s, t, y: _sampled(s - t, y), depends_on_student=True,
+         needs_hidden=False),
+    Cost("token_kl", _token_kl_tokens, lambda s, t, y: kl_from_logprobs(s, t), depends_on_student=True,
+         needs_hidden=True),
+    Cost("teacher_nll", _teacher_nll_tokens, lambda s, t, y: -_sampled(t, y), depends_on_student=False,
+         needs_hidden=False),
+)}

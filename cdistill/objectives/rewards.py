@@ -45,10 +45,10 @@ def after_violation(stats: ConstraintStats) -> torch.Tensor:
 
 
 def soft_penalty_rewards(
-    task_reward: torch.Tensor, stats: ConstraintStats, mask: torch.Tensor, weight: float
+    task_reward: torch.Tensor, stats: ConstraintStats, mask: torch.Tensor, penalty: float
 ) -> torch.Tensor:
     """R − λ C(y) with a fixed λ, the cost spread over tokens by its increments δ_t (Σ δ_t = C(y))."""
-    return terminal_reward(task_reward, mask) - weight * stats.increments.detach() * mask
+    return terminal_reward(task_reward, mask) - penalty * stats.increments.detach() * mask
 
 
 def lagrangian_advantage(adv_reward: torch.Tensor, adv_cost: torch.Tensor, lam: float) -> torch.Tensor:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from cdistill import logger as jsonl
 from cdistill.tasks import arith
-from cdistill.verifier import grade, last_boxed
+from cdistill.tasks.verifier import grade, last_boxed
 
 
 class TaskError(ValueError):
@@ -48,25 +48,9 @@ def row_to_problem(row: dict, fields: dict, answer_format: str) -> Problem:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise TaskError(f"dataset file not found: {p}")
-    rows, i = [], 0
-    try:
-        with p.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise TaskError(f"{p}:{i}: malformed JSON line ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise TaskError(f"{p}:{i + 1}: not UTF-8 text; is it really a JSONL file?") from None
-    except OSError as e:
-        raise TaskError(f"cannot read dataset file {p}: {e.strerror}") from None
+    rows = jsonl.read_jsonl(path, error=TaskError, what="dataset file")
     if not rows:
-        raise TaskError(f"dataset file is empty: {p}")
+        raise TaskError(f"dataset file is empty: {Path(path)}")
     return rows
 
 

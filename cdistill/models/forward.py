@@ -1,74 +1,16 @@
-"""Loading models and tokenizers by Hugging Face id or local path, and scoring completions."""
+"""The scored forward: a model's log-probs, entropies and hidden states on the completion tokens of
+``Sequences`` (prompt and completion side by side), computed in chunks without [B, T, V] logits."""
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from cdistill.budget import embed, has_budget_input
-from cdistill.objectives.chunking import token_logprob_and_entropy
-
-
-class ModelError(ValueError):
-    """A model or tokenizer that cannot be used as configured."""
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def load_tokenizer(name_or_path: str, **kwargs):
-    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    tok.padding_side = "left"  # generation appends on the right; prompts must end at the same column
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-QUANTIZATIONS = ("8bit", "4bit")
-
-
-def quantization_config(name: str, compute_dtype: torch.dtype):
-    """bitsandbytes weight quantization for a frozen model (the teacher): ``8bit`` (LLM.int8) or ``4bit`` (NF4).
-    The output embedding stays unquantized (transformers leaves it out), so chunked scoring reads it as is."""
-    if name not in QUANTIZATIONS:
-        raise ModelError(f"unknown quantization {name!r}; expected one of {', '.join(QUANTIZATIONS)} or null")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"{name} quantization needs bitsandbytes: pip install 'cdistill[quant]'")
-    from transformers import BitsAndBytesConfig
-
-    if name == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
-
-
-def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", quantization: str | None = None,
-               **kwargs):
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-    if quantization:  # quantized weights are placed while loading and cannot be moved after
-        kwargs.update(quantization_config=quantization_config(quantization, DTYPES[dtype]), device_map={"": device})
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
-    if getattr(model.config, "final_logit_softcapping", None):
-        raise ModelError(f"{name_or_path}: logit soft-capping is not supported by the chunked scorer")
-    return model if quantization else model.to(device)
-
-
-def check_same_vocabulary(student_tok, teacher_tok) -> None:
-    """Token-level divergences compare distributions over the same tokens: the vocabularies must match."""
-    if student_tok.get_vocab() != teacher_tok.get_vocab():
-        raise ModelError(
-            "student and teacher tokenizers differ; token-level distillation needs the teacher's tokenizer"
-        )
-
-
-def real_vocab_size(model_a, model_b, tokenizer) -> int:
-    """Rows of the output embedding shared by both models and the tokenizer (padding rows cut)."""
-    return min(model_a.get_output_embeddings().weight.shape[0], model_b.get_output_embeddings().weight.shape[0],
-               len(tokenizer))
+from cdistill.models.budget_input import embed, has_budget_input
+from cdistill.objectives.chunking import ScoringSpec, token_logprob_and_entropy
 
 
 @dataclass
@@ -153,14 +95,23 @@ def completion_hidden(model, seq: Sequences, group_size: int = 1) -> torch.Tenso
     return out.last_hidden_state[:, p - 1 : p - 1 + t]
 
 
-def score(model, seq: Sequences, temperature: float = 1.0, chunk: int = 1024, vocab_size: int | None = None,
-          group_size: int = 1):
-    """(log-probs of the completion tokens [B, T], entropies [B, T], hidden states [B, T, H])."""
-    root_score = getattr(model, "root_score", None)
-    if root_score is not None:  # a sharded (FSDP) student: its forward must enter through the FSDP root
-        return root_score(seq, temperature, chunk, vocab_size, group_size)
-    h = completion_hidden(model, seq, group_size)
+class CompletionForward(NamedTuple):
+    """A model's forward on the completion tokens."""
+
+    logp: torch.Tensor  # [B, T] log-probs of the completion tokens (at ``spec.temperature``)
+    entropy: torch.Tensor  # [B, T]
+    hidden: torch.Tensor  # [B, T, H] final hidden states at the positions that predict them
+
+
+AT_TEMPERATURE_ONE = ScoringSpec()
+
+
+def completion_forward(model, seq: Sequences, spec: ScoringSpec = AT_TEMPERATURE_ONE) -> CompletionForward:
+    sharded = getattr(model, "completion_forward", None)
+    if sharded is not None:  # a sharded (FSDP) model: its forward must enter through the FSDP root
+        return sharded(seq, spec)
+    h = completion_hidden(model, seq, spec.group_size)
     w = model.get_output_embeddings().weight
-    logp, ent = token_logprob_and_entropy(h, w, seq.completion_ids, seq.completion_mask, chunk, temperature,
-                                          vocab_size)
-    return logp, ent, h
+    logp, ent = token_logprob_and_entropy(h, w, seq.completion_ids, seq.completion_mask, spec.chunk,
+                                          spec.temperature, spec.vocab)
+    return CompletionForward(logp, ent, h)

@@ -62,35 +62,3 @@ def load_if_present(model, path: str | Path) -> bool:
         clip = json.loads(fh.metadata()["clip"])
     attach(model, clip).load_state_dict(load_file(str(f)))
     return True
-
-
-def is_peft(model) -> bool:
-    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
-
-
-def save_student(model, tokenizer, out_dir: Path, final: bool = True, state_dict: dict | None = None) -> None:
-    """The student in Hugging Face format (plus its budget input, for ``saute``).
-
-    A LoRA student is saved merged when ``final`` (a plain model that ``from_pretrained`` loads without
-    cdistill or peft; the merge happens in place, after training) and as its adapter otherwise (checkpoints:
-    the base model is the run's configured student). ``state_dict``: the weights to write instead of the
-    model's own (a sharded student's, gathered).
-    """
-    out_dir = Path(out_dir)
-    if is_peft(model):
-        if not final:
-            model.save_pretrained(out_dir)
-            tokenizer.save_pretrained(out_dir)
-            return
-        model = model.merge_and_unload()
-    extra = model.budget_input if has_budget_input(model) else None
-    if extra is not None:
-        del model.budget_input  # not an HF weight: saved on its own below
-    try:
-        model.save_pretrained(out_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(out_dir)
-    finally:
-        if extra is not None:
-            model.budget_input = extra
-    if extra is not None:
-        save(model, out_dir)

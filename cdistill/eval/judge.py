@@ -77,7 +77,7 @@ class HFJudge:
     """A local Hugging Face causal LM, greedy (deterministic)."""
 
     def __init__(self, cfg, device: str = "cpu"):
-        from cdistill.models import load_model, load_tokenizer
+        from cdistill.models.loading import load_model, load_tokenizer
 
         self.tok = load_tokenizer(cfg.model)
         self.model = load_model(cfg.model, device=device).eval()

@@ -1,6 +1,6 @@
 """Rollout backends: which engine samples the student's training completions (``rollout.backend``).
 
-``hf`` samples with transformers' ``generate`` inside the training process (``cdistill.rollout``). ``vllm``
+``hf`` samples with transformers' ``generate`` inside the training process (``rollout.sampling``). ``vllm``
 samples in a vLLM engine colocated on the training GPU: the engine holds its own copy of the student's
 weights, refreshed from the trainer before the first rollout after every optimiser step, and returns the
 log-prob it sampled each token with, so that the update can correct for the numerical mismatch between the
@@ -21,9 +21,9 @@ from typing import Protocol
 
 import torch
 
-from cdistill.models import Sequences
+from cdistill.models.forward import Sequences
 from cdistill.objectives.masks import completion_mask
-from cdistill.rollout import Rollout
+from cdistill.rollout.sampling import Rollout
 
 BACKENDS = ("hf", "vllm")
 
@@ -192,12 +192,12 @@ def make_vllm_engine(model_path: str, options, seed: int) -> Engine:
     return VLLMEngine(model_path, options, seed)
 
 
-def build_sampler(cfg, comp, model_path: str, rank: int) -> EngineSampler | None:
-    """The student's sampler for ``rollout.backend`` (None: the HF backend, in ``cdistill.rollout``)."""
+def build_sampler(cfg, parts, model_path: str, rank: int) -> EngineSampler | None:
+    """The student's sampler for ``rollout.backend`` (None: the HF backend, ``rollout.sampling``)."""
     r = cfg.rollout
     if r.backend == "hf":
         return None
     if r.backend != "vllm":
         raise ValueError(f"unknown rollout.backend {r.backend!r}; expected one of {', '.join(BACKENDS)}")
     engine = make_vllm_engine(model_path, r.vllm, cfg.seed + rank)
-    return EngineSampler(engine, comp.tokenizer, comp.device)
+    return EngineSampler(engine, parts.tokenizer, parts.device)

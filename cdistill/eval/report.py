@@ -137,7 +137,9 @@ def plot_curves(runs, out: Path) -> None:
     for (key, title), ax in zip(CURVES, axes.flat, strict=True):
         drawn = False
         for i, (run_dir, s) in enumerate(runs):
-            rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get(key) is not None and "reward" in r]
+            metrics = run_dir / "metrics.jsonl"
+            rows = [r for r in (read_jsonl(metrics) if metrics.is_file() else [])
+                    if r.get(key) is not None and "reward" in r]
             if rows:
                 drawn = True
                 label = f"{s['method']} d={s['threshold']:g}"

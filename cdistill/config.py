@@ -5,6 +5,7 @@ from __future__ import annotations
 from cdistill.methods import METHODS, build_method
 from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import SCALES
+from cdistill.rollout.sources import Source
 
 
 class ConfigError(ValueError):
@@ -48,7 +49,7 @@ def validate(cfg) -> None:
     _rollout_backend(cfg.rollout, method)
     q = cfg.model.teacher.get("quantization")
     if q:
-        from cdistill.models import ModelError, quantization_config
+        from cdistill.models.loading import ModelError, quantization_config
 
         try:
             quantization_config(q, None)
@@ -57,8 +58,8 @@ def validate(cfg) -> None:
 
 
 def _rollout_backend(r, method) -> None:
-    from cdistill import engines
     from cdistill.objectives.importance import LEVELS
+    from cdistill.rollout import engines
 
     if r.backend not in engines.BACKENDS:
         raise ConfigError(f"unknown rollout.backend {r.backend!r}; expected one of {', '.join(engines.BACKENDS)}")
@@ -74,3 +75,15 @@ def _rollout_backend(r, method) -> None:
     if not engines.vllm_available():
         raise ConfigError("rollout.backend=vllm needs vLLM, which is not installed: pip install 'cdistill[vllm]' "
                           "(Linux, CUDA GPU)")
+
+
+def validate_launch(cfg, method, sharded: bool) -> None:
+    """What a launch with the student sharded (FSDP2) cannot run."""
+    if not sharded:
+        return
+    if cfg.model.student.get("lora") or method.conditions_on_budget:
+        raise ConfigError("under FSDP the student is trained whole and sampled with generate(): a LoRA student "
+                          "(small enough to replicate) or saute's token loop runs with DDP instead")
+    if method.source(1) is Source.TEACHER_CACHED and cfg.model.teacher.get("shard", True):
+        raise ConfigError("seqkd generates each rank's missing teacher solutions once, a different number of calls "
+                          "per rank, which a sharded teacher cannot serve; set model.teacher.shard=false")

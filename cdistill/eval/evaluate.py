@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from cdistill.metrics import batch_summary
-from cdistill.rollout import generate, generation_config
+from cdistill.eval.metrics import batch_summary
+from cdistill.rollout.sampling import generate, generation_config
+from cdistill.rollout.sources import budget_tracking
 from cdistill.runtime import autocast
 from cdistill.scoring import score_rollout
-from cdistill.sources import budget_tracking
 
 
-def evaluate(comp, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
+def evaluate(parts, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
     """Report dict (and, with ``with_samples``, one record per problem) for the held-out split.
 
     The constraint metrics are measured on sampled completions (the policy's own distribution, which
@@ -23,31 +23,29 @@ def evaluate(comp, cfg, n_problems: int | None = None, with_samples: bool = Fals
     middle of training does not shift the training run's random stream. ``policy`` (default: the
     student) is the model that answers; the teacher as policy gives the reference accuracy.
     """
-    devices = [torch.cuda.current_device()] if comp.device.startswith("cuda") else []
-    with torch.random.fork_rng(devices=devices), autocast(cfg, comp.device):
+    devices = [torch.cuda.current_device()] if parts.device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices), autocast(cfg, parts.device):
         torch.manual_seed(cfg.seed)
-        return _evaluate(comp, cfg, n_problems, with_samples, policy or comp.student)
+        return _evaluate(parts, cfg, n_problems, with_samples, policy or parts.student)
 
 
-def _evaluate(comp, cfg, n_problems, with_samples, policy):
-    problems = comp.task.test[: n_problems or cfg.eval.n_problems]
-    tok, ev = comp.tokenizer, cfg.eval
+def _evaluate(parts, cfg, n_problems, with_samples, policy):
+    problems = parts.task.test[: n_problems or cfg.eval.n_problems]
+    tok, ev = parts.tokenizer, cfg.eval
     sampled_cfg = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     greedy_cfg = generation_config(tok, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
-    track = budget_tracking(comp, cfg)  # used only by a budget-conditioned (saute) student
+    track = budget_tracking(parts, cfg)  # used only by a budget-conditioned (saute) student
     summaries, records, weights, tokens, values = [], [], [], [], []
     for start in range(0, len(problems), ev.batch_size):
         chunk = problems[start : start + ev.batch_size]
-        prompts = [comp.task.prompt(p) for p in chunk]
-        special = comp.task.add_special_tokens
-        greedy = generate(policy, tok, prompts, 1, greedy_cfg, comp.device, special, track)
-        greedy_correct = [comp.task.reward(t, p) for t, p in zip(greedy.texts, chunk, strict=True)]
-        sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, comp.device, special, track)
+        prompts = [parts.task.prompt(p) for p in chunk]
+        special = parts.task.add_special_tokens
+        greedy = generate(policy, tok, prompts, 1, greedy_cfg, parts.device, special, track)
+        greedy_correct = [parts.task.reward(t, p) for t, p in zip(greedy.texts, chunk, strict=True)]
+        sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, parts.device, special, track)
         per_sample = [p for p in chunk for _ in range(ev.samples)]
-        scored, extras = score_rollout(sampled, per_sample, comp.task, policy, comp.teacher, cfg.constraint,
-                                       cfg.rollout.temperature, cfg.scoring.chunk, comp.vocab, cfg.scoring.micro_batch,
-                                       share_prompt=cfg.scoring.share_prompt)
-        s = batch_summary(scored, extras)
+        scored = score_rollout(sampled, per_sample, parts, cfg, policy=policy)
+        s = batch_summary(scored)
         s["accuracy_greedy"] = sum(greedy_correct) / len(chunk)
         summaries.append(s)
         weights.append(len(chunk))

@@ -5,10 +5,11 @@ everything is a no-op.
 Two ways to hold the student, both accelerate's: DDP (a full copy per device, gradients averaged) and
 FSDP2 (``conf/accelerate/fsdp.yaml``: parameters, gradients and optimiser state sharded across devices,
 each decoder layer gathered for its own forward and backward). Either way every forward of the student
-enters through one wrapped module, ``Scorer``: scoring reaches the decoder's hidden states and the output
+enters through one wrapped module, ``ForwardRoot``: scoring reaches the decoder's hidden states and the output
 head directly (the chunked log-prob never builds [B, T, V] logits), which only works inside the wrapper's
-forward, where FSDP has gathered the embeddings, the final norm and the head. Under FSDP, generation enters
-there too, with ``synced_gpus`` so that every rank runs as many forwards as the slowest.
+forward, where FSDP has gathered the embeddings, the final norm and the head. Under FSDP, generation is a
+registered forward of that module too, with ``synced_gpus`` so that every rank runs as many forwards as
+the slowest.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from pathlib import Path
 
 import torch
 
-from cdistill.models import Sequences, score
+from cdistill.models.forward import CompletionForward, Sequences, completion_forward
+from cdistill.objectives.chunking import ScoringSpec
 
 
-class Scorer(torch.nn.Module):
-    """The student's forward passes as one module, so that a DDP or FSDP wrapper sees every one of them."""
+class ForwardRoot(torch.nn.Module):
+    """A model's forward passes as one module, so that a DDP or FSDP wrapper sees every one of them:
+    ``forward`` is the scored forward on completions, ``generate`` (registered with FSDP as a forward
+    method) samples."""
 
     def __init__(self, model):
         super().__init__()
@@ -32,18 +36,20 @@ class Scorer(torch.nn.Module):
         # accelerate's FSDP auto-wrap shards the layer classes a model names here (decoder layers)
         self._no_split_modules = getattr(model, "_no_split_modules", None)
 
-    def forward(self, *args, mode: str = "score", **kwargs):
-        if mode == "generate":
-            return self.model.generate(**kwargs)
-        (input_ids, attention_mask, position_ids, completion_ids, completion_mask, budget, prompt_len, temperature,
-         chunk, vocab, group_size) = args
-        seq = Sequences(input_ids, attention_mask, position_ids, prompt_len, completion_ids, completion_mask, budget)
-        return score(self.model, seq, temperature, chunk, vocab, group_size)
+    def forward(self, seq: Sequences, spec: ScoringSpec):
+        return tuple(completion_forward(self.model, seq, spec))
+
+    def generate(self, **kwargs):
+        return self.model.generate(**kwargs)
 
 
-def _call(wrapped, seq: Sequences, temperature, chunk, vocab, group_size=1):
-    return wrapped(seq.input_ids, seq.attention_mask, seq.position_ids, seq.completion_ids, seq.completion_mask,
-                   seq.budget, seq.prompt_len, temperature, chunk, vocab, group_size)
+def shard(accelerator, root: ForwardRoot):
+    """Make ``generate`` a forward of the FSDP root too: the root's own parameters (embeddings, final norm,
+    output head) are gathered for it as for ``forward``."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    register_fsdp_forward_method(root, "generate")
+    return root
 
 
 class Sharded:
@@ -58,10 +64,26 @@ class Sharded:
         return getattr(self.model, name)
 
     def generate(self, **kwargs):
-        return self.root(mode="generate", synced_gpus=True, **kwargs)
+        return self.root.generate(synced_gpus=True, **kwargs)
 
-    def root_score(self, seq: Sequences, temperature, chunk, vocab, group_size=1):
-        return _call(self.root, seq, temperature, chunk, vocab, group_size)
+    def completion_forward(self, seq: Sequences, spec: ScoringSpec) -> CompletionForward:
+        return CompletionForward(*self.root(seq, spec))
+
+
+class StudentForward:
+    """The student's scored forward as the launch wraps it (plain, DDP or FSDP2), the one every update goes
+    through: gradients are synchronised across ranks."""
+
+    def __init__(self, wrapped, no_sync=None):
+        self.wrapped, self._no_sync = wrapped, no_sync
+
+    def __call__(self, seq: Sequences, spec: ScoringSpec) -> CompletionForward:
+        return CompletionForward(*self.wrapped(seq, spec))
+
+    def accumulating(self, last: bool):
+        """Around the backward of one micro-batch: DDP all-reduces at every backward unless told not to, so
+        gradients are synchronised with the last micro-batch only (FSDP2 reduce-scatters every backward)."""
+        return contextlib.nullcontext() if last or self._no_sync is None else self._no_sync()
 
 
 class Dist:
@@ -83,25 +105,23 @@ class Dist:
         self.sharded = self.world > 1 and self.accelerator.is_fsdp2
         self.kind = ("fsdp2" if self.sharded else "ddp") if self.world > 1 else "none"
 
-    def prepare(self, student, optimizer):
-        """(student, scorer, optimizer) ready for this launch. ``scorer(seq, temperature, chunk, vocab,
-        group_size)`` is the student's scoring forward, gradient-synchronised across ranks; under FSDP the
-        student comes back as a ``Sharded`` and the optimizer holds the sharded parameters."""
-        module = Scorer(student)
+    def prepare(self, student, optimizer) -> tuple[object, StudentForward, torch.optim.Optimizer]:
+        """(student, its scored forward, optimizer) ready for this launch; under FSDP the student comes back
+        as a ``Sharded`` and the optimizer holds the sharded parameters."""
+        module = ForwardRoot(student)
         if self.world == 1:
-            wrapped = module
-        elif self.sharded:
+            return student, StudentForward(module), optimizer
+        if self.sharded:
             wrapped, optimizer = self.accelerator.prepare(module, optimizer)
-            student = Sharded(student, wrapped)
-        else:
-            wrapped = self.accelerator.prepare_model(module)
+            return Sharded(student, shard(self.accelerator, wrapped)), StudentForward(wrapped), optimizer
+        wrapped = self.accelerator.prepare_model(module)
+        return student, StudentForward(wrapped, lambda: self.accelerator.no_sync(wrapped)), optimizer
 
-        def run(seq: Sequences, temperature, chunk, vocab, group_size=1):
-            return _call(wrapped, seq, temperature, chunk, vocab, group_size)
-
-        # DDP all-reduces at every backward unless told not to; FSDP2 reduce-scatters every backward
-        run.no_sync = (lambda: self.accelerator.no_sync(wrapped)) if self.kind == "ddp" else None
-        return student, run, optimizer
+    def token_denominator(self, mask: torch.Tensor) -> torch.Tensor:
+        """What a token mean divides by: this batch's token count, or under several processes the mean count
+        per rank (DDP and FSDP average gradients over ranks, so every rank's token weighs the same)."""
+        denom = mask.sum().clamp(min=1)
+        return self.sum(denom.float()) / self.world if self.world > 1 else denom
 
     def step(self, params, optimizer, grad_clip: float, loss_finite: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """Clip and apply the optimiser step on every rank, or on none when any rank's loss or gradient norm
@@ -132,7 +152,7 @@ class Dist:
         # accelerate's own FSDP2 wrapping of one model (its prepare() insists on an optimiser alongside)
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-        return Sharded(teacher, fsdp2_prepare_model(self.accelerator, Scorer(teacher)))
+        return Sharded(teacher, shard(self.accelerator, fsdp2_prepare_model(self.accelerator, ForwardRoot(teacher))))
 
     def state_dict(self, student) -> dict:
         """The student's full state dict (gathered from every rank under FSDP: all ranks must call this)."""

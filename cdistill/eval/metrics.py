@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from cdistill.methods.base import Scored
-from cdistill.objectives import token_mean
+from cdistill.objectives import Scored, token_mean
 
 
 def quantile(x: torch.Tensor, q: float) -> float:
     return float(torch.quantile(x.double(), q)) if x.numel() else float("nan")
 
 
-def batch_summary(b: Scored, extras: dict[str, torch.Tensor]) -> dict[str, float]:
+def batch_summary(b: Scored) -> dict[str, float]:
     value = b.stats.value
     lengths = b.mask.sum(1).double()
     engine = {}
@@ -29,8 +28,8 @@ def batch_summary(b: Scored, extras: dict[str, torch.Tensor]) -> dict[str, float
         "divergence_p90": quantile(value, 0.9),
         "satisfaction_rate": float(b.stats.satisfied.double().mean()),
         "success_rate": float(((b.task_reward > 0) & b.stats.satisfied).double().mean()),
-        "sampled_kl_per_token": float(token_mean(extras["sampled_kl"], b.mask)),
-        "entropy": float(token_mean(extras["entropy"], b.mask)),
+        "sampled_kl_per_token": float(token_mean(b.sampled_kl, b.mask)),
+        "entropy": float(token_mean(b.entropy, b.mask)),
         "length_mean": float(lengths.mean()),
         "length_max": float(lengths.max()) if lengths.numel() else 0.0,
     }

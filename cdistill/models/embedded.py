@@ -90,7 +90,7 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
     Tokenizer, teacher and student are cached separately, each keyed by what shapes it: changing the
     student's recipe reuses the teacher.
     """
-    from cdistill.sft import train_sft
+    from cdistill.models.sft import train_sft
     from cdistill.tasks import build_task
 
     cache = Path(cache_dir)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 import torch
 from tqdm.auto import tqdm
+
+from cdistill.optim import lr_lambda
 
 
 def sft_batch(tokenizer, pairs: list[tuple[str, str]], device="cpu"):
@@ -23,20 +24,6 @@ def sft_batch(tokenizer, pairs: list[tuple[str, str]], device="cpu"):
     attn = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows], device=device)
     lab = torch.tensor([r + [-100] * (n - len(r)) for r in labels], device=device)
     return ids, attn, lab
-
-
-def lr_lambda(warmup: int, total: int, schedule: str):
-    """Linear warm-up, then constant or cosine decay to 10% (the schedule for every optimiser here)."""
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 def train_sft(model, tokenizer, pairs, steps: int, lr: float, batch_size: int, seed: int = 0,

