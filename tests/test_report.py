@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cdistill.eval.report import collect, report_main
+from cdistill.eval.report import finished_runs, report_main
 
 
 def fake_run(root, method, d, acc, div, lam=None):
@@ -33,14 +33,14 @@ def test_report_writes_table_plots_html_and_the_command_of_every_run(tmp_path, c
     md = (tmp_path / "report.md").read_text()
     assert "`cdistill train method=lagrangian constraint.threshold=8`" in md
     assert "<table>" in (tmp_path / "report.html").read_text()
-    assert [s["method"] for _, s in collect(tmp_path)] == ["cmdp", "cmdp", "lagrangian", "lagrangian"]
+    assert [s["method"] for _, s in finished_runs(tmp_path)] == ["cmdp", "cmdp", "lagrangian", "lagrangian"]
 
 
 def test_report_skips_a_corrupt_summary_and_fails_on_nothing(tmp_path):
     fake_run(tmp_path, "grpo", 4, 0.5, 1.0)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "summary.json").write_text("{not json")
-    assert len(collect(tmp_path)) == 1
+    assert len(finished_runs(tmp_path)) == 1
     with pytest.raises(SystemExit) as e:
         report_main([str(tmp_path / "empty_missing")])
     assert e.value.code == 2

@@ -1,6 +1,7 @@
 """The runner end to end at tiny sizes: every method trains, outputs land, eval agrees, cache works."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -26,7 +27,7 @@ def test_each_method_trains_a_few_steps_and_writes_its_outputs(tmp_path, cache, 
     for s in train_steps:
         for key in ("reward", "divergence_mean", "divergence_p90", "satisfaction_rate", "entropy", "length_mean",
                     "time_generate", "time_score", "time_update"):
-            assert s[key] is not None and s[key] == s[key], key
+            assert s[key] is not None and math.isfinite(s[key]), key
     if method == "lagrangian":
         assert all("lambda" in s for s in train_steps)
         assert summary["method_state"]["lam"] == train_steps[-1]["lambda"]
@@ -44,7 +45,7 @@ def test_cmdp_trains_with_every_cost_and_kind(tmp_path, cache, cost, kind):
     run.mkdir()
     summary = train(cfg, run)
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
-    assert len(steps) == 2 and all(s["loss"] == s["loss"] for s in steps)
+    assert len(steps) == 2 and all(math.isfinite(s["loss"]) for s in steps)
     if cost == "token_kl":  # violations everywhere: the direct KL gradient must reach the student
         assert all(s["absorbed_rate"] > 0 and s["grad_norm"] > 0 for s in steps)
     assert summary["cost"] == cost and summary["kind"] == kind

@@ -52,16 +52,7 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
         tokens.append(int(scored.mask.sum()))
         values.append(scored.stats.value)
         if with_samples:
-            for i, p in enumerate(chunk):
-                rows = range(i * ev.samples, (i + 1) * ev.samples)
-                records.append({
-                    "question": p.question, "gold": p.gold,
-                    "greedy": greedy.texts[i], "greedy_correct": bool(greedy_correct[i]),
-                    "samples": [{
-                        "text": sampled.texts[r], "correct": bool(scored.task_reward[r] > 0),
-                        "divergence": float(scored.stats.value[r]), "satisfied": bool(scored.stats.satisfied[r]),
-                    } for r in rows],
-                })
+            records += sample_records(chunk, greedy.texts, greedy_correct, sampled.texts, scored, ev.samples)
     # chunks hold equal numbers of samples per problem: per-sample rates average by problems, per-token
     # means by generated tokens, maxima by max
     def pool(key: str) -> float:
@@ -82,6 +73,17 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
 
 
 PER_TOKEN = ("sampled_kl_per_token", "entropy")
+
+
+def sample_records(problems, greedy_texts, greedy_correct, sampled_texts, scored, samples: int) -> list[dict]:
+    """One record per problem: its greedy answer and its sampled ones with their grades and divergences."""
+    return [{
+        "question": p.question, "gold": p.gold, "greedy": greedy_texts[i], "greedy_correct": bool(greedy_correct[i]),
+        "samples": [{
+            "text": sampled_texts[r], "correct": bool(scored.task_reward[r] > 0),
+            "divergence": float(scored.stats.value[r]), "satisfied": bool(scored.stats.satisfied[r]),
+        } for r in range(i * samples, (i + 1) * samples)],
+    } for i, p in enumerate(problems)]
 
 
 def write_eval(out_dir: Path, report: dict, records: list[dict]) -> None:

@@ -40,7 +40,8 @@ def latest_judgement(run_dir: Path) -> str | None:
     return text + (f" ({j['failed_rate']:.2f} failed)" if j.get("failed_rate") else "")
 
 
-def collect(root: Path) -> list[tuple[Path, dict]]:
+def finished_runs(root: Path) -> list[tuple[Path, dict]]:
+    """(run directory, summary) of every finished run under ``root``, by method and threshold."""
     runs = []
     for path in sorted(root.rglob("summary.json")):
         try:
@@ -191,7 +192,7 @@ def report_main(argv: list[str]) -> None:
     if not root.is_dir():
         print(f"cdistill: error: no such directory: {root}", file=sys.stderr)
         sys.exit(2)
-    runs = collect(root)
+    runs = finished_runs(root)
     if not runs:
         print(f"cdistill: error: no finished run (summary.json) under {root}", file=sys.stderr)
         sys.exit(2)

@@ -29,6 +29,16 @@ class BudgetTracking:
     temperature: float  # the student's log-probs in the cost are taken at the rollout temperature
 
 
+def next_token(logits: torch.Tensor, gen: GenerationConfig, top_p) -> torch.Tensor:
+    """generate()'s rule: temperature, then top-p, then a draw; the argmax when not sampling."""
+    if not gen.do_sample:
+        return logits.argmax(-1)
+    scaled = logits / gen.temperature
+    if top_p is not None:
+        scaled = top_p(None, scaled)
+    return torch.multinomial(torch.softmax(scaled, -1), 1).squeeze(1)
+
+
 @torch.inference_mode()
 def generate_with_budget(student, tokenizer, prompts, n_samples: int, gen: GenerationConfig, track: BudgetTracking,
                          device="cpu", add_special_tokens: bool = True) -> Rollout:
@@ -57,14 +67,7 @@ def generate_with_budget(student, tokenizer, prompts, n_samples: int, gen: Gener
     for _ in range(gen.max_new_tokens):
         s_logits = s_out.logits[:, -1, :v].float()
         t_logits = t_out.logits[:, -1, :v].float()
-        if gen.do_sample:
-            scaled = s_logits / gen.temperature
-            if top_p is not None:
-                scaled = top_p(None, scaled)
-            nxt = torch.multinomial(torch.softmax(scaled, -1), 1).squeeze(1)
-        else:
-            nxt = s_logits.argmax(-1)
-        nxt = nxt.masked_fill(finished, tokenizer.pad_token_id)
+        nxt = next_token(s_logits, gen, top_p).masked_fill(finished, tokenizer.pad_token_id)
         c = cost.at_step(torch.log_softmax(s_logits / track.temperature, -1), torch.log_softmax(t_logits, -1), nxt)
         live = (~finished).to(c.dtype)
         total, count = total + c * live, count + live
