@@ -27,24 +27,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The test suite's tiny sizes (tests/helpers.py), fixed here so that both sides run exactly the same thing
-# whatever the ref's tests say.
-TINY = [
-    "task.n_train=400", "task.n_test=12",
-    "model.embedded.tokenizer.vocab_size=200",
-    "model.embedded.teacher.size.hidden=32", "model.embedded.teacher.size.intermediate=64",
-    "model.embedded.teacher.size.layers=1", "model.embedded.teacher.size.heads=2",
-    "model.embedded.teacher.steps=20", "model.embedded.teacher.batch_size=16", "model.embedded.teacher.warmup=2",
-    "model.embedded.student.size.hidden=16", "model.embedded.student.size.intermediate=32",
-    "model.embedded.student.size.layers=1", "model.embedded.student.size.heads=2",
-    "model.embedded.student.steps=10", "model.embedded.student.batch_size=16", "model.embedded.student.warmup=2",
-    "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=10",
-    "optim.steps=3", "optim.micro_batch=6", "scoring.micro_batch=6", "optim.lr=1e-2",
-    "eval.n_problems=4", "eval.samples=2", "eval.batch_size=3", "eval.every=2", "checkpoint.every=2",
-    "logging.wandb.enabled=false", "logging.progress=false", "device=cpu",
-    # under the tiny student's typical C(y) (~2 nats): costs, violations and multipliers all move the weights
-    "constraint.threshold=1",
-]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import TINY as TEST_SIZES  # noqa: E402  (the test suite's tiny models and batches)
+
+# what the runs here change of the tests' sizes: three steps, one micro-batch, a mid-run evaluation and
+# checkpoint, and a budget under the tiny student's typical C(y) (~2 nats) so that costs, violations and
+# multipliers all move the weights
+CHANGED = ["optim.steps=3", "optim.micro_batch=6", "scoring.micro_batch=6", "optim.lr=1e-2", "eval.every=2",
+           "checkpoint.every=2", "constraint.threshold=1"]
+TINY = [o for o in TEST_SIZES if o.split("=")[0] not in {c.split("=")[0] for c in CHANGED}] + CHANGED
 METHODS = ["cmdp", "weakest_link", "saute", "lagrangian", "soft_penalty", "grpo", "opd", "gkd", "sft", "seqkd"]
 CONFIGS: dict[str, list[str]] = {m: [f"method={m}"] for m in METHODS}
 CONFIGS.update({
