@@ -5,7 +5,7 @@ from __future__ import annotations
 from cdistill.methods import METHODS, build_method
 from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import SCALES
-from cdistill.rollout.sources import Source
+from cdistill.rollout.source import Source
 
 
 class ConfigError(ValueError):

@@ -45,26 +45,3 @@ class MetricsLogger:
         if self.run is not None:
             self.run.finish()
             self.run = None
-
-
-def read_jsonl(path: str | Path, error: type[Exception] = ValueError, what: str = "file") -> list[dict]:
-    """The rows of a JSONL file (blank lines skipped); a missing, unreadable or malformed file raises
-    ``error`` with one line that names the file (and the line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise error(f"{what} not found: {p}")
-    rows, i = [], 0
-    try:
-        with p.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise error(f"{p}:{i}: malformed JSON line ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise error(f"{p}:{i + 1}: not UTF-8 text; is it really a JSONL file?") from None
-    except OSError as e:
-        raise error(f"cannot read {what} {p}: {e.strerror}") from None
-    return rows

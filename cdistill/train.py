@@ -122,6 +122,7 @@ def train_step(run: Run, state: LoopState, step: int) -> dict:
         t3 = time.time()
     if run.sampler is not None:
         run.sampler.weights_changed()
+    state.step = step
     state.bad_run = state.bad_run + 1 if upd["skipped_updates"] else 0
     state.bad_steps += bool(upd["skipped_updates"])
     record = {"step": step, **batch_summary(scored), **upd, **method.after_step(scored), "bad_steps": state.bad_steps,
@@ -168,7 +169,8 @@ def update(run: Run, scored: Scored, seq: Sequences, student_pass: CompletionFor
             with run.student_forward.accumulating(last=start + o.micro_batch >= n):
                 forward = student_pass if student_pass is not None and epoch == 0 else \
                     run.student_forward(seq.select(rows), spec)
-                loss, clip_frac = micro_batch_loss(run, scored, rows, forward, advantages, importance, denom)
+                loss, clip_frac = micro_batch_loss(run, scored, rows=rows, forward=forward, advantages=advantages,
+                                                   importance=importance, denom=denom)
                 loss.backward()
             epoch_loss += loss.detach()
             clip_sum += clip_frac * len(rows) / n
@@ -183,7 +185,7 @@ def update(run: Run, scored: Scored, seq: Sequences, student_pass: CompletionFor
             "grad_norm": float(norm_sum) / epochs, "skipped_updates": skipped}
 
 
-def micro_batch_loss(run: Run, scored: Scored, rows: torch.Tensor, forward: CompletionForward,
+def micro_batch_loss(run: Run, scored: Scored, *, rows: torch.Tensor, forward: CompletionForward,
                      advantages: torch.Tensor, importance: torch.Tensor | None, denom: torch.Tensor):
     """(loss, clip fraction) of the micro-batch ``rows``: PPO's clipped surrogate on the method's advantages
     (weighted by ``importance`` when given), plus the method's own differentiable term. ``denom`` is the

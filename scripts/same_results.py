@@ -5,9 +5,12 @@
     .venv/bin/python scripts/same_results.py HEAD~3            # the ref against the working tree
     .venv/bin/python scripts/same_results.py HEAD~3 --only cmdp,ddp --keep /tmp/same
 
-Compared byte for byte: ``metrics.jsonl`` and ``evals.jsonl`` (with the wall-clock fields removed),
-``eval.json``, ``eval_samples.jsonl``, ``summary.json`` (less ``train_seconds``), ``config.yaml``, the final
-student's files and, for the two-process run, each rank's weight digest. Both sides build their own embedded
+Configurations: every method at its defaults, variants that reach the other code paths (token_kl, several
+micro-batches and inner epochs, PID multiplier, full-vocabulary opd, gkd on references, a LoRA student, a run
+resumed from its checkpoint), and two processes under DDP and under FSDP2. Compared byte for byte:
+``metrics.jsonl`` and ``evals.jsonl`` (with the wall-clock fields removed), ``eval.json``,
+``eval_samples.jsonl``, ``summary.json`` (less ``train_seconds``), ``config.yaml`` (less the cache path),
+the final student's files and, for two processes, each rank's weight digest. Both sides build their own embedded
 models (tiny sizes) from scratch, so the model-building code is compared too. Exit 0 only when every
 configuration matches; a table says which matched and, for the others, the first file that differs.
 """
@@ -48,8 +51,14 @@ CONFIGS.update({
     "opd_full": ["method=opd", "method.estimator=full"],
     "gkd_reference": ["method=gkd", "method.off_policy=reference", "method.on_policy_fraction=0.5"],
     "soft_penalty_teacher_nll": ["method=soft_penalty", "constraint.cost=teacher_nll", "constraint.kind=mean"],
+    # a LoRA student: adapter checkpoints, merged final save
+    "lora": ["method=cmdp", "model.student.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}"],
+    # trained to the end, then run again from its step-2 checkpoint: what is compared is the resumed run
+    "resume": ["method=lagrangian"],
 })
+# two processes (gloo on CPU): DDP, and FSDP2 with the student and the teacher sharded (tests/fsdp_on_cpu.py)
 DDP = ["method=lagrangian", "method.lr=0.5", "method.ema_decay=0", "constraint.threshold=0.001"]
+TWO_PROCESSES = ("ddp", "fsdp")
 TIME_KEYS = {"time_generate", "time_score", "time_update", "time_step", "seconds", "eval/seconds", "train_seconds"}
 EXACT = ["eval_samples.jsonl"]
 WITHOUT_TIME = ["metrics.jsonl", "evals.jsonl", "eval.json", "summary.json"]
@@ -61,14 +70,19 @@ def run(side: Path, code: Path, name: str, overrides: list[str], python: str) ->
     out = side / "runs" / name
     env = {**os.environ, "PYTHONPATH": str(code), "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
     common = [*TINY, f"paths.cache={side / 'cache'}", f"hydra.run.dir={out}"]
-    if name == "ddp":
+    if name in TWO_PROCESSES:
         torchrun = shutil.which("torchrun") or str(Path(python).parent / "torchrun")
-        cmd = [torchrun, "--nproc_per_node", "2", "--master_port", "29581", "-m", "cdistill.cli", "train", *common,
-               *DDP]
+        entry = ["-m", "cdistill.cli"] if name == "ddp" else [str(code / "tests" / "fsdp_on_cpu.py")]
+        cmds = [[torchrun, "--nproc_per_node", "2", "--master_port", "29581", *entry, "train", *common, *DDP]]
     else:
-        cmd = [python, "-m", "cdistill.cli", "train", *common, *overrides]
-    r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, timeout=900)
-    return out, None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+        cmds = [[python, "-m", "cdistill.cli", "train", *common, *overrides]]
+    if name == "resume":
+        cmds.append([*cmds[0], f"resume={out / 'checkpoints' / 'step-000002'}", "overwrite=true"])
+    for cmd in cmds:
+        r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode:
+            return out, (r.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+    return out, None
 
 
 def without_time(rel: str, text: str) -> str:
@@ -111,11 +125,11 @@ def first_difference(a: Path, b: Path) -> str | None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("ref", help="git ref whose results are the record (e.g. HEAD, main, a commit)")
-    p.add_argument("--only", default="", help="comma-separated configuration names (default: all, and ddp)")
+    p.add_argument("--only", default="", help="comma-separated configuration names (default: all)")
     p.add_argument("--keep", default="", help="write runs here and keep them (default: a temporary directory)")
     p.add_argument("--python", default=sys.executable)
     args = p.parse_args()
-    names = [*CONFIGS, "ddp"]
+    names = [*CONFIGS, *TWO_PROCESSES]
     if args.only:
         unknown = set(args.only.split(",")) - set(names)
         if unknown:

@@ -92,7 +92,7 @@ def test_cmdp_with_a_large_penalty_ranks_every_violating_sample_below_every_sati
     assert (b.stats.violation_step >= 0).tolist() == [True, False, True, False]
     # row 1 earns no task reward and row 0 does, yet the violating row 0 ranks below it; so does row 2 below 3
     first = adv[:, 0]
-    assert first[0] < first[1] and first[2] < first[3]
+    assert first[[0, 2]].max() < first[[1, 3]].min()
 
 
 def lagrangian(threshold):
@@ -118,7 +118,7 @@ def test_lagrangian_multiplier_stays_at_zero_under_budget():
     assert [m.after_step(b)["lambda"] for _ in range(3)] == [0.0, 0.0, 0.0]
 
 
-def test_soft_penalty_advantages_use_the_fixed_weight():
+def test_soft_penalty_advantages_use_the_fixed_penalty():
     b = scored_batch()
     low = method("soft_penalty", penalty=0.0).advantages(b)
     torch.testing.assert_close(low, method("grpo").advantages(b))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import TINY, tiny_cfg
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from cdistill import checkpoint
 from cdistill.train import TrainingError, train
@@ -120,16 +121,22 @@ def test_a_step_with_a_nan_loss_is_skipped_logged_and_leaves_the_weights_alone(t
     import cdistill.train as tr
 
     # one micro-batch per step at these sizes: call n is step n
-    monkeypatch.setattr(tr, "clipped_policy_loss", nan_loss_at({2}))
+    monkeypatch.setattr(tr, "clipped_policy_loss", nan_loss_at({2, 4}))
     run = tmp_path / "run"
     run.mkdir()
-    cfg = tiny_cfg(tmp_path, "optim.steps=3", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
-                   "optim.micro_batch=64", cache=cache)
+    cfg = tiny_cfg(tmp_path, "optim.steps=4", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
+                   "optim.micro_batch=64", "optim.lr=1e-2", "constraint.threshold=1", cache=cache)
     summary = train(cfg, run)
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
-    assert [s["skipped_updates"] for s in steps] == [0, 1, 0] and summary["bad_steps"] == 1
-    # no checkpoint is written at a bad step; the weights after it are those after step 1
-    assert [p.name for p in checkpoint.complete(run)] == ["step-000001"]
+    assert [s["skipped_updates"] for s in steps] == [0, 1, 0, 1] and summary["bad_steps"] == 2
+    # no checkpoint is written at a bad step
+    assert [p.name for p in checkpoint.complete(run)] == ["step-000001", "step-000003"]
+    # the last (skipped) step left the weights as step 3 made them; step 3 itself did change them
+    at = {name: AutoModelForCausalLM.from_pretrained(run / "checkpoints" / name / "student").state_dict()
+          for name in ("step-000001", "step-000003")}
+    final = AutoModelForCausalLM.from_pretrained(run / "student").state_dict()
+    assert all(torch.equal(final[k], at["step-000003"][k]) for k in final)
+    assert any(not torch.equal(final[k], at["step-000001"][k]) for k in final)
 
 
 def test_too_many_bad_steps_in_a_row_stop_the_run_with_the_last_good_checkpoint(tmp_path, cache, monkeypatch):

@@ -19,7 +19,7 @@ def test_an_8bit_teacher_has_int8_layers_a_float_head_and_scores_like_the_full_o
     quant = build_components(tiny_cfg(tmp_path, "model.teacher.quantization=8bit", cache=cache))
     layers = quant.teacher.get_decoder().layers
     assert isinstance(layers[0].self_attn.q_proj, bnb.nn.Linear8bitLt)
-    assert quant.teacher.get_output_embeddings().weight.dtype == torch.float32  # the chunked scorer reads it
+    assert quant.teacher.get_output_embeddings().weight.dtype == torch.float32  # chunked scoring reads it
     prompts = [full.task.prompt(p) for p in full.task.train[:4]]
     roll = generate(full.student, full.tokenizer, prompts, 2, generation_config(full.tokenizer, 10, 1.0, 1.0, False))
     spec = ScoringSpec(temperature=1.0, chunk=64, vocab=full.vocab)

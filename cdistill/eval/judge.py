@@ -16,6 +16,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from cdistill.jsonl import read_jsonl
+
 _VERDICT = re.compile(r"\[\[\s*(1|2|tie)\s*\]\]", re.IGNORECASE)
 
 
@@ -110,8 +112,7 @@ def load_samples(run_dir: Path) -> dict[str, dict]:
     p = Path(run_dir) / "eval_samples.jsonl"
     if not p.is_file():
         raise FileNotFoundError(f"{run_dir} has no eval_samples.jsonl (finish or evaluate the run first)")
-    records = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    return {r["question"]: r for r in records}
+    return {r["question"]: r for r in read_jsonl(p)}
 
 
 def solution_of(record: dict, which: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from cdistill.logger import read_jsonl
+from cdistill.jsonl import read_jsonl
 
 COLUMNS = [
     ("method", "method", "{}"), ("d", "threshold", "{:g}"), ("teacher acc", "teacher_accuracy_sampled", "{:.3f}"),

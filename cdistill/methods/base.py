@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from cdistill.objectives import MicroBatch, Scored, group_normalize, reward_to_go
-from cdistill.rollout.sources import Source
+from cdistill.rollout.source import Source
 
 
 class Method:

@@ -1,13 +1,13 @@
 """``saute``: the state-augmented ablation (Sootla et al. 2022) that ``cmdp`` avoids.
 
 Same modified reward as ``cmdp``, but the student also sees the normalised remaining budget z_t / d,
-through a small learned projection added to its input embeddings (``cdistill.budget``, saved beside the
+through a small learned projection added to its input embeddings (``models.budget_input``, saved beside the
 checkpoint). z_t depends on the teacher's log-probs, so sampling, at training and at evaluation alike,
 runs the teacher beside the student at every token: the deployment cost the paper's method removes.
 """
 
 from cdistill.methods.cmdp import CMDP
-from cdistill.rollout.sources import Source
+from cdistill.rollout.source import Source
 
 
 class Saute(CMDP):

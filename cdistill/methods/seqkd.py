@@ -2,7 +2,7 @@
 solutions to the training prompts, generated once and cached on disk (``paths.cache``)."""
 
 from cdistill.methods.sft import SFT
-from cdistill.rollout.sources import Source
+from cdistill.rollout.source import Source
 
 
 class SeqKD(SFT):

@@ -4,7 +4,7 @@ import torch
 
 from cdistill.methods.base import Method
 from cdistill.objectives import Scored, token_mean
-from cdistill.rollout.sources import Source
+from cdistill.rollout.source import Source
 
 
 class SFT(Method):

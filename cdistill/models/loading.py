@@ -54,7 +54,7 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", q
         kwargs.update(quantization_config=quantization_config(quantization, DTYPES[dtype]), device_map={"": device})
     model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
     if getattr(model.config, "final_logit_softcapping", None):
-        raise ModelError(f"{name_or_path}: logit soft-capping is not supported by the chunked scorer")
+        raise ModelError(f"{name_or_path}: logit soft-capping is not supported by chunked scoring")
     return model if quantization else model.to(device)
 
 

@@ -43,7 +43,7 @@ class ForwardRoot(torch.nn.Module):
         return self.model.generate(**kwargs)
 
 
-def shard(accelerator, root: ForwardRoot):
+def register_generate(root: ForwardRoot):
     """Make ``generate`` a forward of the FSDP root too: the root's own parameters (embeddings, final norm,
     output head) are gathered for it as for ``forward``."""
     from torch.distributed.fsdp import register_fsdp_forward_method
@@ -113,7 +113,7 @@ class Dist:
             return student, StudentForward(module), optimizer
         if self.sharded:
             wrapped, optimizer = self.accelerator.prepare(module, optimizer)
-            return Sharded(student, shard(self.accelerator, wrapped)), StudentForward(wrapped), optimizer
+            return Sharded(student, register_generate(wrapped)), StudentForward(wrapped), optimizer
         wrapped = self.accelerator.prepare_model(module)
         return student, StudentForward(wrapped, lambda: self.accelerator.no_sync(wrapped)), optimizer
 
@@ -152,7 +152,7 @@ class Dist:
         # accelerate's own FSDP2 wrapping of one model (its prepare() insists on an optimiser alongside)
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 
-        return Sharded(teacher, shard(self.accelerator, fsdp2_prepare_model(self.accelerator, ForwardRoot(teacher))))
+        return Sharded(teacher, register_generate(fsdp2_prepare_model(self.accelerator, ForwardRoot(teacher))))
 
     def state_dict(self, student) -> dict:
         """The student's full state dict (gathered from every rank under FSDP: all ranks must call this)."""

@@ -42,7 +42,7 @@ class SamplingSpec:
 
     @classmethod
     def from_generation_config(cls, gen, n: int) -> SamplingSpec:
-        """The spec of a ``rollout.generation_config``: the HF backend's settings, read, not re-derived."""
+        """The spec of a ``rollout.sampling.generation_config``: the HF backend's settings, read, not re-derived."""
         return cls(n=n, max_tokens=gen.max_new_tokens, temperature=gen.temperature if gen.do_sample else 1.0,
                    top_p=gen.top_p if gen.do_sample else 1.0, greedy=not gen.do_sample, eos_token_id=gen.eos_token_id)
 

@@ -10,30 +10,16 @@ import hashlib
 import json
 import os
 import random
-from enum import Enum
 from pathlib import Path
 
 import torch
 
+from cdistill.jsonl import read_jsonl
 from cdistill.models.forward import Sequences
 from cdistill.objectives.masks import completion_mask
 from cdistill.rollout.budget_sampler import BudgetTracking
 from cdistill.rollout.sampling import Rollout, generate, generation_config
-
-
-class Source(str, Enum):
-    """Where a training batch's completions come from (``Method.source``)."""
-
-    STUDENT = "student"  # the student's samples (on-policy)
-    TEACHER = "teacher"  # the teacher's samples
-    BUDGET = "budget"  # the budget-conditioned student's samples, the teacher tracking the budget (saute)
-    REFERENCE = "reference"  # the dataset's reference solutions
-    TEACHER_CACHED = "teacher_cached"  # the teacher's greedy solutions, generated once and cached on disk
-
-    @property
-    def sampled(self) -> bool:
-        """Several completions per prompt, the group that advantages are normalised over."""
-        return self in (Source.STUDENT, Source.TEACHER, Source.BUDGET)
+from cdistill.rollout.source import Source
 
 
 class PromptStream:
@@ -90,15 +76,9 @@ class TeacherSolutions:
         self.generated = 0
 
     def _load(self) -> dict[str, str]:
-        known = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a killed run: regenerate that prompt
-                    continue
-                known[row["prompt"]] = row["completion"]
-        return known
+        # a line cut short by a killed run is skipped: that prompt is generated again
+        rows = read_jsonl(self.path, skip_malformed=True) if self.path.is_file() else []
+        return {row["prompt"]: row["completion"] for row in rows}
 
     def get(self, parts, cfg, prompts: list[str]) -> list[str]:
         if self.known is None:
@@ -123,6 +103,7 @@ def draw_rollout(source: Source, parts, cfg, problems, per_prompt: int, gen,
     """The completions of one training batch from ``source`` for ``problems`` (``per_prompt`` of each if
     sampled). ``sampler`` (``engines.EngineSampler``, ``rollout.backend=vllm``) samples the student instead
     of ``generate``."""
+    source = Source(source)  # a plain name ("student") too
     prompts = [parts.task.prompt(p) for p in problems]
     special, n = parts.task.add_special_tokens, cfg.rollout.max_new_tokens
     tok, device = parts.tokenizer, parts.device
@@ -136,4 +117,6 @@ def draw_rollout(source: Source, parts, cfg, problems, per_prompt: int, gen,
         return generate(parts.student, tok, prompts, per_prompt, gen, device, special, budget_tracking(parts, cfg))
     if source is Source.REFERENCE:
         return fixed_rollout(tok, prompts, [p.solution for p in problems], n, device, special)
-    return fixed_rollout(tok, prompts, solutions.get(parts, cfg, prompts), n, device, special)
+    if source is Source.TEACHER_CACHED:
+        return fixed_rollout(tok, prompts, solutions.get(parts, cfg, prompts), n, device, special)
+    raise ValueError(f"batch source {source} has no rollout")

@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdistill import logger as jsonl
+from cdistill.jsonl import read_jsonl as read_rows
 from cdistill.tasks import arith
 from cdistill.tasks.verifier import grade, last_boxed
 
@@ -48,7 +48,7 @@ def row_to_problem(row: dict, fields: dict, answer_format: str) -> Problem:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    rows = jsonl.read_jsonl(path, error=TaskError, what="dataset file")
+    rows = read_rows(path, error=TaskError, what="dataset file")
     if not rows:
         raise TaskError(f"dataset file is empty: {Path(path)}")
     return rows
