@@ -5,7 +5,6 @@ from __future__ import annotations
 from cdistill.methods import METHODS, build_method
 from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import SCALES
-from cdistill.rollout.source import Source
 
 
 class ConfigError(ValueError):
@@ -84,6 +83,6 @@ def validate_launch(cfg, method, sharded: bool) -> None:
     if cfg.model.student.get("lora") or method.conditions_on_budget:
         raise ConfigError("under FSDP the student is trained whole and sampled with generate(): a LoRA student "
                           "(small enough to replicate) or saute's token loop runs with DDP instead")
-    if method.source(1) is Source.TEACHER_CACHED and cfg.model.teacher.get("shard", True):
+    if method.uses_cached_teacher_solutions and cfg.model.teacher.get("shard", True):
         raise ConfigError("seqkd generates each rank's missing teacher solutions once, a different number of calls "
                           "per rank, which a sharded teacher cannot serve; set model.teacher.shard=false")

@@ -9,7 +9,7 @@ Configurations: every method at its defaults, variants that reach the other code
 micro-batches and inner epochs, PID multiplier, full-vocabulary opd, gkd on references, a LoRA student, a run
 resumed from its checkpoint), and two processes under DDP and under FSDP2. Compared byte for byte:
 ``metrics.jsonl`` and ``evals.jsonl`` (with the wall-clock fields removed), ``eval.json``,
-``eval_samples.jsonl``, ``summary.json`` (less ``train_seconds``), ``config.yaml`` (less the cache path),
+``eval_samples.jsonl``, ``summary.json`` (less ``train_seconds``), ``config.yaml`` (each side's folder path replaced),
 the final student's files and, for two processes, each rank's weight digest. Both sides build their own embedded
 models (tiny sizes) from scratch, so the model-building code is compared too. Exit 0 only when every
 configuration matches; a table says which matched and, for the others, the first file that differs.
@@ -62,8 +62,8 @@ TWO_PROCESSES = ("ddp", "fsdp")
 TIME_KEYS = {"time_generate", "time_score", "time_update", "time_step", "seconds", "eval/seconds", "train_seconds"}
 EXACT = ["eval_samples.jsonl"]
 WITHOUT_TIME = ["metrics.jsonl", "evals.jsonl", "eval.json", "summary.json"]
-# each side builds its embedded models in its own cache, the one line of config.yaml that differs
-WITHOUT_CACHE = ["config.yaml"]
+# each side runs in its own folder (its cache, its checkpoints): compared with that folder's path replaced
+WITH_PATHS = ["config.yaml"]
 
 
 def run(side: Path, code: Path, name: str, overrides: list[str], python: str) -> tuple[Path, str | None]:
@@ -96,7 +96,7 @@ def without_time(rel: str, text: str) -> str:
 
 def first_difference(a: Path, b: Path) -> str | None:
     """The first output that differs between two run directories, or None."""
-    files = [*EXACT, *WITHOUT_TIME, *WITHOUT_CACHE]
+    files = [*EXACT, *WITHOUT_TIME, *WITH_PATHS]
     files += sorted(str(p.relative_to(a)) for p in (a / "student").rglob("*") if p.is_file())
     files += sorted(str(p.relative_to(a)) for p in (a / "ranks").glob("*.json")) if (a / "ranks").is_dir() else []
     if (b / "student").is_dir():
@@ -113,9 +113,9 @@ def first_difference(a: Path, b: Path) -> str | None:
         if rel in WITHOUT_TIME:
             if without_time(rel, fa.read_text()) != without_time(rel, fb.read_text()):
                 return rel
-        elif rel in WITHOUT_CACHE:
-            if [x for x in fa.read_text().splitlines() if not x.strip().startswith("cache:")] != \
-                    [x for x in fb.read_text().splitlines() if not x.strip().startswith("cache:")]:
+        elif rel in WITH_PATHS:
+            ours, theirs = (f.read_text().replace(str(run.parents[1]), "<side>") for f, run in ((fa, a), (fb, b)))
+            if ours != theirs:
                 return rel
         elif fa.read_bytes() != fb.read_bytes():
             return rel

@@ -37,6 +37,8 @@ class Method:
     needs_teacher_hidden = False
     # set by ``saute``: the student takes the remaining budget as an input
     conditions_on_budget = False
+    # set by ``seqkd``: trains on the teacher's solutions, generated once per prompt and cached
+    uses_cached_teacher_solutions = False
 
     def source(self, step: int) -> Source:
         """Where this step's completions come from (``rollout.sources.Source``): the student's own samples

@@ -7,6 +7,7 @@ from cdistill.rollout.source import Source
 
 class SeqKD(SFT):
     name = "seqkd"
+    uses_cached_teacher_solutions = True
 
     def source(self, step: int) -> Source:
         return Source.TEACHER_CACHED
