@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cdistill.methods import METHODS, build_method
 from cdistill.objectives import COSTS, KINDS
-from cdistill.objectives.advantages import SCALES
+from cdistill.objectives.advantages import BASELINES, SCALES
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,8 @@ def validate(cfg) -> None:
     o = cfg.optim
     if o.adv_scale not in SCALES:
         raise ConfigError(f"unknown optim.adv_scale {o.adv_scale!r}; expected one of {', '.join(SCALES)}")
+    if o.adv_baseline not in BASELINES:
+        raise ConfigError(f"unknown optim.adv_baseline {o.adv_baseline!r}; expected one of {', '.join(BASELINES)}")
     if o.schedule not in ("constant", "cosine"):
         raise ConfigError(f"unknown optim.schedule {o.schedule!r}; expected constant or cosine")
     try:  # each method checks its own options (and weakest_link its constraint)

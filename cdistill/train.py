@@ -213,7 +213,7 @@ def set_up(cfg, run_dir: Path) -> Run:
     resume_from = checkpoint.find(cfg.get("resume"), run_dir)
     # read (and checked against the config) before minutes of model building
     resume = (resume_from, *checkpoint.load(resume_from, cfg, dist.rank, dist.world)) if resume_from else None
-    method = build_method(cfg.method, cfg.constraint, cfg.optim, reduce_mean=dist.mean)
+    method = build_method(cfg.method, cfg.constraint, cfg.optim, reduce_mean=dist.mean, seed=cfg.seed)
     validate_launch(cfg, method, dist.sharded)
     seed_everything(cfg.seed)
     with dist.main_first():

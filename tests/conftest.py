@@ -1,7 +1,10 @@
 import random
+from pathlib import Path
 
 import pytest
 import torch
+
+CONF_DEFAULTS = Path(__file__).resolve().parent.parent / "conf" / "config.yaml"
 
 
 @pytest.fixture(autouse=True)

@@ -21,9 +21,10 @@ COMMON = [o for o in TINY if not o.startswith("scoring.micro_batch")] + [
 ENTRY = {"ddp": ["-m", "cdistill.cli"], "fsdp": [str(HERE / "fsdp_on_cpu.py")]}
 
 
-def run_two(entry: list[str], run: Path, cache: Path, port: int, *extra: str, env: dict | None = None):
+def run_two(entry: list[str], run: Path, cache: Path, port: int, *extra: str, env: dict | None = None,
+            common: list[str] = COMMON):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *entry, "train", *COMMON,
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *entry, "train", *common,
                         f"paths.cache={cache}", f"hydra.run.dir={run}", *extra], capture_output=True, text=True,
                        timeout=600,
                        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
@@ -32,8 +33,9 @@ def run_two(entry: list[str], run: Path, cache: Path, port: int, *extra: str, en
     return r
 
 
-def launch(entry: list[str], run: Path, cache: Path, port: int, *extra: str, env: dict | None = None):
-    r = run_two(entry, run, cache, port, *extra, env=env)
+def launch(entry: list[str], run: Path, cache: Path, port: int, *extra: str, env: dict | None = None,
+           common: list[str] = COMMON):
+    r = run_two(entry, run, cache, port, *extra, env=env, common=common)
     assert r.returncode == 0, r.stderr[-3000:]
     return run
 
@@ -119,3 +121,17 @@ def test_a_lora_student_under_fsdp2_is_refused_in_one_line(tmp_path, tmp_path_fa
     errors = {line for line in r.stderr.splitlines() if line.startswith("cdistill: error:")}
     assert errors == {"cdistill: error: under FSDP the student is trained whole and sampled with generate(): a LoRA "
                       "student (small enough to replicate) or saute's token loop runs with DDP instead"}
+
+
+def test_gkd_ranks_draw_the_same_batch_source_at_every_step(tmp_path, tmp_path_factory):
+    # the coin is the method's own, seeded by the run's seed (not seed + rank): ranks that disagreed would log a
+    # mean on_policy of 0.5, and under FSDP would sample with different models in a collective generate
+    common = [o for o in COMMON if not o.startswith(("method", "optim.steps", "checkpoint"))]
+    run = launch(ENTRY["ddp"], tmp_path / "run", tmp_path_factory.getbasetemp() / "dist-cache", 29567,
+                 "method=gkd", "method.off_policy=reference", "method.on_policy_fraction=0.5", "optim.steps=6",
+                 "eval.at_start=false", common=common)
+    on_policy = [json.loads(x)["on_policy"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"on_policy"' in x]
+    assert len(on_policy) == 6 and set(on_policy) == {0.0, 1.0}
+    ranks = [json.loads((run / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same weights and the same coin state

@@ -60,35 +60,26 @@ def test_grpo_advantages_are_group_normalised_outcome_rewards():
     torch.testing.assert_close(method("grpo").advantages(b), want)
 
 
-def test_cmdp_direct_gradient_is_the_logratio_cost_after_the_violation_only():
-    b = scored_batch(threshold=0.8)
-    assert (b.stats.violation_step >= 0).any()
-    m = method("cmdp", penalty=2.0, informative=True, direct_gradient=1.0)
-    logp = b.old_logp.clone().requires_grad_(True)
-    denom = b.mask.sum()
-    m.extra_loss(b, micro_batch(b, logp), denom).backward()
-    pos = torch.arange(5).expand(4, 5)
-    after = (pos > b.stats.violation_step[:, None]) & (b.stats.violation_step[:, None] >= 0) & b.mask
-    torch.testing.assert_close(logp.grad, after.float() / denom)
-    # the teacher's log-probs are constants: only the student's term is differentiated
-    assert not b.teacher_logp.requires_grad
-
-
-@pytest.mark.parametrize(("cfg", "cost"), [
-    ({"direct_gradient": 0.0, "informative": True}, "logratio"),
-    ({"direct_gradient": 1.0, "informative": False}, "logratio"),
-    ({"direct_gradient": 1.0, "informative": True}, "teacher_nll"),
-])
-def test_cmdp_has_no_direct_term_when_off_or_when_the_cost_does_not_depend_on_the_student(cfg, cost):
+@pytest.mark.parametrize(("cost", "informative"), [("logratio", True), ("teacher_nll", True), ("logratio", False)])
+def test_cmdp_adds_no_pathwise_term_where_its_expectation_is_zero_or_there_is_no_cost_in_the_return(cost, informative):
+    # logratio: ∇θ c_t = ∇θ log π_θ(y_t|s_t) has zero mean given the prefix, and the prefix decides t > τ
     b = scored_batch(threshold=0.8)
     constraint = OmegaConf.create({"cost": cost, "kind": "sum", "threshold": 0.8})
-    m = build_method(OmegaConf.create({"name": "cmdp", "penalty": 1.0, **cfg}), constraint, OPTIM)
-    assert m.extra_loss(b, micro_batch(b, b.old_logp), b.mask.sum()) is None
+    m = build_method(OmegaConf.create({"name": "cmdp", "penalty": 1.0, "informative": informative}), constraint, OPTIM)
+    m.advantages(b)
+    assert m.extra_loss(b, micro_batch(b, b.old_logp.clone().requires_grad_(True)), b.mask.sum()) is None
+
+
+def test_opd_refuses_its_sampled_estimator_with_a_cost_that_does_not_depend_on_the_sampled_token():
+    constraint = OmegaConf.create({"cost": "token_kl", "kind": "sum", "threshold": 1.0})
+    with pytest.raises(ValueError, match="learns nothing from constraint.cost=token_kl"):
+        build_method(OmegaConf.create({"name": "opd", "estimator": "sampled", "returns": "token"}), constraint, OPTIM)
+    build_method(OmegaConf.create({"name": "opd", "estimator": "full", "returns": "token"}), constraint, OPTIM)
 
 
 def test_cmdp_with_a_large_penalty_ranks_every_violating_sample_below_every_satisfying_one():
     b = scored_batch(threshold=0.8)
-    adv = method("cmdp", penalty=100.0, informative=True, direct_gradient=1.0).advantages(b)
+    adv = method("cmdp", penalty=100.0, informative=True).advantages(b)
     assert (b.stats.violation_step >= 0).tolist() == [True, False, True, False]
     # row 1 earns no task reward and row 0 does, yet the violating row 0 ranks below it; so does row 2 below 3
     first = adv[:, 0]
@@ -123,3 +114,19 @@ def test_soft_penalty_advantages_use_the_fixed_penalty():
     low = method("soft_penalty", penalty=0.0).advantages(b)
     torch.testing.assert_close(low, method("grpo").advantages(b))
     assert not torch.allclose(method("soft_penalty", penalty=5.0).advantages(b), low)
+
+
+def test_lagrangian_lambda_is_an_exchange_rate_between_reward_and_cost_whatever_the_cost_units():
+    # costs in other units (×10) with λ in the matching units (÷10) describe the same objective: the combined
+    # return R − λ C is the same, so the update must be too. Standardising A_R and A_C separately broke this.
+    b = scored_batch(threshold=1.0)
+    scaled = Scored(mask=b.mask, task_reward=b.task_reward, old_logp=b.old_logp, teacher_logp=b.teacher_logp,
+                    costs=b.costs * 10, stats=constraint_stats(b.costs * 10, b.mask, 10.0, "sum"), group_size=2)
+    adv = {}
+    for name, batch, lam in (("plain", b, 0.8), ("tenfold", scaled, 0.08)):
+        constraint = OmegaConf.create({"cost": "logratio", "kind": "sum", "threshold": 1.0})
+        cfg = {"name": "lagrangian", "controller": "dual_ascent", "init": lam, "lr": 0.0, "ema_decay": 0.0,
+               "lam_max": 10.0, "pid": {"kp": 0.1, "ki": 0.1, "kd": 0.0}}
+        m = build_method(OmegaConf.create(cfg), constraint, OPTIM)  # OPTIM: std scale
+        adv[name] = m.advantages(batch) * (1 + lam)
+    torch.testing.assert_close(adv["plain"], adv["tenfold"])

@@ -6,7 +6,8 @@ import statistics
 
 import pytest
 import torch
-from conftest import ragged_mask
+from conftest import CONF_DEFAULTS, ragged_mask
+from omegaconf import OmegaConf
 
 from cdistill.objectives import (
     clipped_policy_loss,
@@ -14,7 +15,6 @@ from cdistill.objectives import (
     expected_immediate_reward,
     future_return,
     group_normalize,
-    lagrangian_advantage,
     reward_to_go,
     token_mean,
     weakest_link_exact_term,
@@ -71,13 +71,6 @@ def test_group_with_identical_rewards_has_zero_advantage_and_bad_group_size_is_r
     assert group_normalize(torch.ones(4, 3), mask, 2).abs().max() == 0
     with pytest.raises(ValueError, match="whole number of groups"):
         group_normalize(torch.ones(4, 3), mask, 3)
-
-
-def test_lagrangian_advantage_formula():
-    a_r, a_c = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 3.0])
-    got = lagrangian_advantage(a_r, a_c, 2.0)
-    assert got.tolist() == pytest.approx([(1 - 1.0) / 3, (-2 - 6.0) / 3])
-    assert torch.equal(lagrangian_advantage(a_r, a_c, 0.0), a_r)
 
 
 def test_token_mean_divides_by_generated_tokens_of_whole_batch():
@@ -216,3 +209,37 @@ def test_weakest_link_exact_term_at_every_visited_prefix_matches_brute_force(inf
             assert got[b, t].item() == pytest.approx(want, abs=1e-5)
     got.sum().backward()
     assert hs.grad.abs().sum() > 0
+
+
+def test_pid_integral_stops_at_the_maximum_so_lambda_falls_as_soon_as_the_cost_does():
+    # 50 steps far over budget saturate λ at 10; one step under budget must bring it down at once (a wound-up
+    # integral would hold λ at its maximum for dozens of steps)
+    s = pid_init()
+    for _ in range(50):
+        s = pid_update(s, 5.0, 1.0, kp=0.1, ki=0.5, kd=0.0, ema_decay=0.0, lam_max=10.0)
+    assert s["lam"] == 10.0 and s["integral"] == 20.0  # = λ_max / K_i
+    s = pid_update(s, 0.0, 1.0, kp=0.1, ki=0.5, kd=0.0, ema_decay=0.0, lam_max=10.0)
+    assert s["lam"] == pytest.approx(0.1 * -1.0 + 0.5 * 19.0)
+
+
+def test_pid_integrates_the_raw_error_and_smooths_only_p_and_d():
+    s = pid_init()
+    s = pid_update(s, 3.0, 1.0, kp=1.0, ki=1.0, kd=0.0, ema_decay=0.5)
+    s = pid_update(s, 1.0, 1.0, kp=1.0, ki=1.0, kd=0.0, ema_decay=0.5)
+    # EMA of the cost: 3, then 0.5·3 + 0.5·1 = 2; the integral adds the raw errors 2 and 0
+    assert s["integral"] == pytest.approx(2.0) and s["lam"] == pytest.approx(1.0 * (2.0 - 1.0) + 2.0)
+
+
+@pytest.mark.parametrize("violator_cost", [0.0, 1.0])
+def test_under_the_default_scale_a_task_reward_does_not_depend_on_another_completions_cost_tail(violator_cost):
+    # G = 4, T = 20, cmdp's returns: a correct and a wrong completion in budget, beside a third that violates at
+    # its third token and pays violator_cost per token after it (0: nobody pays a tail). Under a σ pooled over
+    # the group's tokens the gap between the first two was 2.31 without the tail and 0.18 with it.
+    scale = OmegaConf.load(CONF_DEFAULTS).optim.adv_scale
+    t = 20
+    returns = torch.zeros(4, t)
+    returns[0] = 1.0  # correct, in budget: R at the end, reward-to-go 1 at every token
+    returns[2, :3] = -1.0 - violator_cost * (t - 3)  # the violator: −n at τ = 2, then −c_t
+    returns[2, 3:] = -violator_cost * torch.arange(t - 3, 0, -1)
+    adv = group_normalize(returns, torch.ones(4, t, dtype=torch.bool), 4, scale)
+    assert (adv[0] - adv[1]).tolist() == pytest.approx([1.0] * t)

@@ -17,11 +17,12 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg, constraint, optim, reduce_mean=None) -> Method:
-    """The method ``cfg.name`` with its options; ``reduce_mean`` averages a number over every process."""
+def build_method(cfg, constraint, optim, reduce_mean=None, seed: int = 0) -> Method:
+    """The method ``cfg.name`` with its options; ``reduce_mean`` averages a number over every process,
+    ``seed`` is the run's (the same on every rank)."""
     if cfg.name not in METHODS:
         raise ValueError(f"unknown method {cfg.name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.name](cfg, constraint, optim, reduce_mean)
+    return METHODS[cfg.name](cfg, constraint, optim, reduce_mean=reduce_mean, seed=seed)
 
 
 __all__ = ["METHODS", "Method", "build_method"]

@@ -1,6 +1,9 @@
 """What every method shares: the scored batch it sees, and the interface the loop calls.
 
 A method turns a scored batch into per-token advantages (and, for some, an extra differentiable term).
+Both are on one scale: each completion's advantages are divided by its group's scale (``optim.adv_scale``),
+and so is every extra term of that completion, so that their sum is the gradient of the method's objective
+(up to that per-prompt weight).
 Rollout, scoring, the policy-gradient update, logging and evaluation are the loop's, identical for all
 methods, so that a comparison measures the objective and nothing else.
 """
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from cdistill.objectives import MicroBatch, Scored, group_normalize, reward_to_go
+from cdistill.objectives import COSTS, MicroBatch, Scored, group_normalize, group_scale, reward_to_go
 from cdistill.rollout.source import Source
 
 
@@ -18,17 +21,21 @@ class Method:
 
     name = "base"
 
-    def __init__(self, cfg, constraint, optim, reduce_mean=None):
+    def __init__(self, cfg, constraint, optim, reduce_mean=None, seed: int = 0):
         self.cfg, self.constraint, self.optim = cfg, constraint, optim
         # the mean of a per-rank number over every process (under accelerate launch; the identity alone)
         self.reduce_mean = reduce_mean or (lambda x: x)
+        self.seed = seed  # the run's seed, the same on every rank
+        self.scale: torch.Tensor | None = None  # [B] each completion's advantage divisor, set by normalize_returns
 
     def normalize(self, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-token rewards → reward-to-go → per-prompt group normalisation (shared by all methods)."""
         return self.normalize_returns(reward_to_go(rewards, mask), mask, group_size)
 
     def normalize_returns(self, returns: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
-        return group_normalize(returns, mask, group_size, self.optim.adv_scale)
+        o = self.optim
+        self.scale = group_scale(returns, mask, group_size, o.adv_scale)
+        return group_normalize(returns, mask, group_size, o.adv_scale, baseline=o.get("adv_baseline", "group"))
 
     def advantages(self, b: Scored) -> torch.Tensor:
         raise NotImplementedError
@@ -47,8 +54,28 @@ class Method:
 
     def extra_loss(self, b: Scored, batch: MicroBatch, denom: torch.Tensor) -> torch.Tensor | None:
         """A differentiable term added to the policy loss for one micro-batch (``batch``: those rows of ``b``
-        re-run through the student with its gradient), or None."""
+        re-run through the student with its gradient), or None. By default the pathwise cost term."""
+        return self.pathwise_loss(b, batch, denom)
+
+    def cost_in_return(self, b: Scored, rows: torch.Tensor, costs: torch.Tensor) -> torch.Tensor | None:
+        """[b] what the cost takes from each completion's return, differentiable in ``costs`` ([b, T] c_t of
+        the completions ``rows``, with the student's gradient); None when the method's reward holds no cost."""
         return None
+
+    def pathwise_loss(self, b: Scored, batch: MicroBatch, denom: torch.Tensor) -> torch.Tensor | None:
+        """The pathwise part of the gradient of a return that holds a cost depending on θ (token_kl): ∇θ of
+        what the cost takes from each return, the completion held fixed (the score-function part is in the
+        advantages). Shared by every method whose reward holds the cost, each with its own weight
+        (``cost_in_return``); divided like the advantages by each completion's scale and by the batch's token
+        count. Off for costs whose pathwise gradient is zero in expectation (logratio), or with
+        ``constraint.pathwise_gradient=false``."""
+        if not (COSTS[self.constraint.cost].pathwise and self.constraint.get("pathwise_gradient", True)):
+            return None
+        lost = self.cost_in_return(b, batch.rows, batch.cost(self.constraint.cost))
+        if lost is None:
+            return None
+        scale = 1.0 if self.scale is None else self.scale[batch.rows]
+        return (lost / scale).sum() / denom
 
     def after_step(self, b: Scored) -> dict[str, float]:
         """Update method state (multipliers) once per optimiser step; return what to log."""

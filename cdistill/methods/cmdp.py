@@ -7,7 +7,7 @@ the first violation on the state is absorbing: the task reward is forfeited, the
 """
 
 from cdistill.methods.base import Method
-from cdistill.objectives import COSTS, Scored, cmdp_rewards, token_mean
+from cdistill.objectives import Scored, cmdp_rewards
 from cdistill.objectives.rewards import after_violation
 
 
@@ -18,14 +18,9 @@ class CMDP(Method):
         rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
         return self.normalize(rewards, b.mask, b.group_size)
 
-    def extra_loss(self, b: Scored, batch, denom):
-        # An informative reward −c_t that depends on θ (logratio, token_kl): besides its score-function part
-        # (in the advantages) it has a direct part, ∇θ Σ_{t>τ} c_t, which this term adds.
-        if not (self.cfg.informative and self.cfg.direct_gradient and COSTS[self.constraint.cost].depends_on_student):
-            return None
-        return self.cfg.direct_gradient * token_mean(batch.cost(self.constraint.cost),
-                                                     after_violation(b.stats)[batch.rows], denom)
+    def cost_in_return(self, b: Scored, rows, costs):
+        # the informative reward −c_t on every token after the first violation
+        return (costs * after_violation(b.stats)[rows]).sum(1) if self.cfg.informative else None
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}
-

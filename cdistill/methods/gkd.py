@@ -18,15 +18,18 @@ class GKD(Method):
     name = "gkd"
     needs_teacher_hidden = True
 
-    def __init__(self, cfg, constraint, optim, reduce_mean=None):
-        super().__init__(cfg, constraint, optim, reduce_mean)
+    def __init__(self, cfg, constraint, optim, **kwargs):
+        super().__init__(cfg, constraint, optim, **kwargs)
         if cfg.off_policy not in ("teacher", "reference"):
             raise ValueError(f"unknown gkd off_policy source {cfg.off_policy!r}; expected teacher or reference")
         self.last_source = Source.STUDENT
+        # the coin is the method's own, seeded by the run's seed alone: every rank draws the same source at
+        # every step (under FSDP generation is collective, and ranks sampling with different models would
+        # hang), and it is saved in checkpoints
+        self.rng = random.Random(self.seed)
 
     def source(self, step: int) -> Source:
-        # the global RNG is seeded by the run and saved in checkpoints: the mixture is reproducible
-        on_policy = random.random() < self.cfg.on_policy_fraction
+        on_policy = self.rng.random() < self.cfg.on_policy_fraction
         self.last_source = Source.STUDENT if on_policy else Source(self.cfg.off_policy)
         return self.last_source
 
@@ -40,3 +43,11 @@ class GKD(Method):
 
     def after_step(self, b: Scored):
         return {"on_policy": float(self.last_source is Source.STUDENT)}
+
+    def state_dict(self):
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}  # JSON, as summary.json holds it
+
+    def load_state_dict(self, state):
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))

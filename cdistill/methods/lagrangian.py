@@ -1,18 +1,20 @@
 """``lagrangian``: maximise E[R] − λ (E[C] − d) with a learned multiplier λ ≥ 0.
 
 λ follows the batch's mean C(y) (EMA-smoothed) by dual ascent or a PID controller, once per optimiser
-step. It only targets the expectation E[C] ≤ d, not every sample: the contrast with ``cmdp``.
+step. It only targets the expectation E[C] ≤ d, not every sample: the contrast with ``cmdp``. The
+combined return R − λ C is normalised once and divided by 1 + λ (its size does not grow with λ), so λ
+keeps its meaning: the exchange rate between a unit of reward and a unit of cost.
 """
 
 from cdistill.methods.base import Method
-from cdistill.objectives import CONTROLLERS, Scored, lagrangian_advantage, terminal_reward
+from cdistill.objectives import CONTROLLERS, Scored, constraint_stats, terminal_reward
 
 
 class Lagrangian(Method):
     name = "lagrangian"
 
-    def __init__(self, cfg, constraint, optim, reduce_mean=None):
-        super().__init__(cfg, constraint, optim, reduce_mean)
+    def __init__(self, cfg, constraint, optim, **kwargs):
+        super().__init__(cfg, constraint, optim, **kwargs)
         if cfg.controller not in CONTROLLERS:
             raise ValueError(f"unknown multiplier controller {cfg.controller!r}; expected one of {sorted(CONTROLLERS)}")
         init, self._update = CONTROLLERS[cfg.controller]
@@ -23,9 +25,12 @@ class Lagrangian(Method):
         return self.state["lam"]
 
     def advantages(self, b: Scored):
-        a_r = self.normalize(terminal_reward(b.task_reward, b.mask), b.mask, b.group_size)
-        a_c = self.normalize(b.stats.increments, b.mask, b.group_size)
-        return lagrangian_advantage(a_r, a_c, self.lam)
+        rewards = terminal_reward(b.task_reward, b.mask) - self.lam * b.stats.increments * b.mask
+        return self.normalize(rewards, b.mask, b.group_size) / (1.0 + self.lam)
+
+    def cost_in_return(self, b: Scored, rows, costs):
+        c = self.constraint
+        return self.lam / (1.0 + self.lam) * constraint_stats(costs, b.mask[rows], c.threshold, c.kind).value
 
     def after_step(self, b: Scored):
         measured = self.reduce_mean(float(b.stats.value.mean()))  # every rank's batch: one λ for all

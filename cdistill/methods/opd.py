@@ -6,7 +6,7 @@ full-vocabulary KL at each visited position, differentiated directly (``estimato
 import torch
 
 from cdistill.methods.base import Method
-from cdistill.objectives import Scored, reward_to_go, token_mean
+from cdistill.objectives import COSTS, Scored, reward_to_go, token_mean
 
 ESTIMATORS = ("sampled", "full")
 
@@ -14,10 +14,14 @@ ESTIMATORS = ("sampled", "full")
 class OPD(Method):
     name = "opd"
 
-    def __init__(self, cfg, constraint, optim, reduce_mean=None):
-        super().__init__(cfg, constraint, optim, reduce_mean)
+    def __init__(self, cfg, constraint, optim, **kwargs):
+        super().__init__(cfg, constraint, optim, **kwargs)
         if cfg.estimator not in ESTIMATORS:
             raise ValueError(f"unknown opd estimator {cfg.estimator!r}; expected one of {ESTIMATORS}")
+        if cfg.estimator == "sampled" and not COSTS[constraint.cost].depends_on_token:
+            raise ValueError(f"opd's sampled estimator learns nothing from constraint.cost={constraint.cost}: c_t is "
+                             "a function of the prefix alone, so −c_t as the sampled token's advantage has no "
+                             "expected gradient; use method.estimator=full")
         self.needs_teacher_hidden = cfg.estimator == "full"
 
     def advantages(self, b: Scored):

@@ -1,7 +1,7 @@
 """``soft_penalty``: the soft-Lagrangian baseline (GKD-GRPO / KDRL style), reward R − λ C(y), λ fixed."""
 
 from cdistill.methods.base import Method
-from cdistill.objectives import Scored, soft_penalty_rewards
+from cdistill.objectives import Scored, constraint_stats, soft_penalty_rewards
 
 
 class SoftPenalty(Method):
@@ -10,3 +10,7 @@ class SoftPenalty(Method):
     def advantages(self, b: Scored):
         rewards = soft_penalty_rewards(b.task_reward, b.stats, b.mask, self.cfg.penalty)
         return self.normalize(rewards, b.mask, b.group_size)
+
+    def cost_in_return(self, b: Scored, rows, costs):
+        c = self.constraint
+        return self.cfg.penalty * constraint_stats(costs, b.mask[rows], c.threshold, c.kind).value

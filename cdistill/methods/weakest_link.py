@@ -21,8 +21,8 @@ class WeakestLink(Method):
     name = "weakest_link"
     needs_teacher_hidden = True
 
-    def __init__(self, cfg, constraint, optim, reduce_mean=None):
-        super().__init__(cfg, constraint, optim, reduce_mean)
+    def __init__(self, cfg, constraint, optim, **kwargs):
+        super().__init__(cfg, constraint, optim, **kwargs)
         if constraint.cost != "teacher_nll" or constraint.kind != "prefix_mean":
             raise ValueError("method weakest_link needs constraint.cost=teacher_nll and constraint.kind=prefix_mean, "
                              f"got {constraint.cost} / {constraint.kind}")
@@ -40,7 +40,8 @@ class WeakestLink(Method):
             batch.hidden, batch.student_weight, batch.teacher_hidden, batch.teacher_weight, b.costs[batch.rows],
             b.stats.absorbed[batch.rows], batch.mask, self.constraint.threshold, self.cfg.penalty,
             self.cfg.informative, batch.spec.chunk, batch.spec.vocab, batch.spec.temperature)
-        return -self.cfg.exact_weight * token_mean(exact, batch.mask, denom)
+        # on the advantages' scale: divided by each completion's group scale like the sampled term
+        return -self.cfg.exact_weight * token_mean(exact / self.scale[batch.rows, None], batch.mask, denom)
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}

@@ -8,7 +8,7 @@ per-token function takes a completion ``mask`` ([B, T], bool or 0/1): padding an
 first EOS never counts. Masks are prefix masks (valid positions first), as generation produces them.
 """
 
-from cdistill.objectives.advantages import future_return, group_normalize, reward_to_go
+from cdistill.objectives.advantages import future_return, group_normalize, group_scale, reward_to_go
 from cdistill.objectives.batch import MicroBatch, Scored
 from cdistill.objectives.chunking import ScoringSpec, positionwise
 from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats, running_step
@@ -25,7 +25,6 @@ from cdistill.objectives.masks import completion_mask, last_token_onehot
 from cdistill.objectives.multipliers import CONTROLLERS
 from cdistill.objectives.rewards import (
     cmdp_rewards,
-    lagrangian_advantage,
     soft_penalty_rewards,
     terminal_reward,
 )
@@ -48,8 +47,8 @@ __all__ = [
     "future_return",
     "generalized_jsd",
     "group_normalize",
+    "group_scale",
     "kl_estimate",
-    "lagrangian_advantage",
     "last_token_onehot",
     "logratio_cost",
     "positionwise",

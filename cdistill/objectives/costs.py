@@ -121,15 +121,21 @@ class Cost:
     name: str
     per_token: Callable[..., torch.Tensor]
     at_step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    depends_on_student: bool  # c_t is a function of θ (its direct gradient exists)
+    depends_on_student: bool  # c_t is a function of θ
+    # its pathwise gradient ∇θ c_t (y fixed) is not zero in expectation: for logratio it is ∇θ log π_θ(y_t|s_t),
+    # whose expectation over y_t given the prefix is zero (the score-function identity), so only token_kl has one
+    pathwise: bool
     needs_hidden: bool  # needs both models' hidden states and output embeddings (the full distributions)
+    # c_t depends on the sampled token y_t: a score-function estimator sees it (token_kl's c_t is a function of
+    # the prefix alone, so −c_t as an advantage of y_t has no expected gradient)
+    depends_on_token: bool
 
 
 COSTS: dict[str, Cost] = {c.name: c for c in (
     Cost("logratio", _logratio_tokens, lambda s, t, y: _sampled(s - t, y), depends_on_student=True,
-         needs_hidden=False),
+         pathwise=False, needs_hidden=False, depends_on_token=True),
     Cost("token_kl", _token_kl_tokens, lambda s, t, y: kl_from_logprobs(s, t), depends_on_student=True,
-         needs_hidden=True),
+         pathwise=True, needs_hidden=True, depends_on_token=False),
     Cost("teacher_nll", _teacher_nll_tokens, lambda s, t, y: -_sampled(t, y), depends_on_student=False,
-         needs_hidden=False),
+         pathwise=False, needs_hidden=False, depends_on_token=True),
 )}

@@ -45,16 +45,21 @@ def pid_update(
     ema_decay: float = 0.9,
     lam_max: float = 100.0,
 ) -> dict:
-    """PID Lagrangian (Stooke, Achiam & Abbeel 2020).
+    """PID Lagrangian (Stooke, Achiam & Abbeel 2020, their Algorithm 2).
 
-    e = Ĉ − d; I ← max(0, I + e); ∂ = max(0, Ĉ − Ĉ_prev); λ = clip(K_p e + K_i I + K_d ∂, 0, λ_max).
-    The derivative term reacts to a rising cost before the integral has built up.
+    The integral takes the raw error, P and D the smoothed cost Ĉ (EMA): I ← clip(I + C − d, 0, λ_max / K_i);
+    e = Ĉ − d; ∂ = max(0, Ĉ − Ĉ_prev); λ = clip(K_p e + K_i I + K_d ∂, 0, λ_max). The derivative term reacts to
+    a rising cost before the integral has built up. Anti-windup: the integral stops where K_i I alone reaches
+    λ_max, so after a long spell over budget λ falls as soon as the cost does, instead of first unwinding an
+    integral that kept growing while λ sat at its maximum.
     """
     if not math.isfinite(measured_cost):
         return dict(state)
     ema = _ema(state["cost_ema"], measured_cost, ema_decay)
     err = ema - threshold
-    integral = max(0.0, state["integral"] + err)
+    integral = max(0.0, state["integral"] + measured_cost - threshold)
+    if ki > 0:
+        integral = min(integral, lam_max / ki)
     deriv = 0.0 if state["prev_cost"] is None else max(0.0, ema - state["prev_cost"])
     lam = _clip(kp * err + ki * integral + kd * deriv, lam_max)
     return {"lam": lam, "cost_ema": ema, "integral": integral, "prev_cost": ema}

@@ -49,8 +49,3 @@ def soft_penalty_rewards(
 ) -> torch.Tensor:
     """R − λ C(y) with a fixed λ, the cost spread over tokens by its increments δ_t (Σ δ_t = C(y))."""
     return terminal_reward(task_reward, mask) - penalty * stats.increments.detach() * mask
-
-
-def lagrangian_advantage(adv_reward: torch.Tensor, adv_cost: torch.Tensor, lam: float) -> torch.Tensor:
-    """(A_R − λ A_C) / (1 + λ): the Lagrangian's advantage, rescaled so its size does not grow with λ."""
-    return (adv_reward - lam * adv_cost) / (1.0 + lam)
