@@ -42,7 +42,7 @@ TINY = [o for o in TEST_SIZES if o.split("=")[0] not in {c.split("=")[0] for c i
 METHODS = ["cmdp", "weakest_link", "saute", "lagrangian", "soft_penalty", "grpo", "opd", "gkd", "sft", "seqkd"]
 CONFIGS: dict[str, list[str]] = {m: [f"method={m}"] for m in METHODS}
 CONFIGS.update({
-    # violations on most completions: the informative reward and the direct gradient are exercised
+    # violations on most completions: the informative reward and the pathwise cost term are exercised
     "cmdp_token_kl": ["method=cmdp", "constraint.cost=token_kl", "constraint.threshold=0.5", "scoring.chunk=7"],
     "cmdp_loose": ["method=cmdp", "constraint.threshold=5"],
     # several micro-batches and inner epochs: no shared student pass, gradient accumulation, ratio clipping
