@@ -31,6 +31,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"unknown constraint.cost {c.cost!r}; expected one of {', '.join(COSTS)}")
     if c.kind not in KINDS:
         raise ConfigError(f"unknown constraint.kind {c.kind!r}; expected one of {', '.join(KINDS)}")
+    if not isinstance(c.get("pathwise_gradient", True), bool):
+        raise ConfigError(f"constraint.pathwise_gradient must be true or false, got {c.pathwise_gradient!r}")
     if _number(c.threshold, "constraint.threshold") <= 0:  # every cost is a divergence: d ≤ 0 is infeasible
         raise ConfigError(f"constraint.threshold must be positive, got {c.threshold}")
     _positive(cfg.rollout, "rollout", ("max_new_tokens", "prompts_per_step", "samples_per_prompt", "temperature"))

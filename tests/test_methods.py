@@ -1,5 +1,6 @@
 """Methods: which terms each differentiates, and that each builds its advantages from the objectives."""
 
+import json
 
 import pytest
 import torch
@@ -75,6 +76,20 @@ def test_opd_refuses_its_sampled_estimator_with_a_cost_that_does_not_depend_on_t
     with pytest.raises(ValueError, match="learns nothing from constraint.cost=token_kl"):
         build_method(OmegaConf.create({"name": "opd", "estimator": "sampled", "returns": "token"}), constraint, OPTIM)
     build_method(OmegaConf.create({"name": "opd", "estimator": "full", "returns": "token"}), constraint, OPTIM)
+    # −Σ_{k≥t} KL(s_k) does depend on y_t through the later prefixes (and gets the pathwise term)
+    build_method(OmegaConf.create({"name": "opd", "estimator": "sampled", "returns": "to_go"}), constraint, OPTIM)
+
+
+def test_gkd_coin_resumes_from_its_saved_state_through_json():
+    constraint = OmegaConf.create({"cost": "logratio", "kind": "sum", "threshold": 1.0})
+    cfg = OmegaConf.create({"name": "gkd", "off_policy": "reference", "on_policy_fraction": 0.5, "beta": 0.5})
+    a = build_method(cfg, constraint, OPTIM, seed=3)
+    first = [a.source(s) for s in range(5)]
+    b = build_method(cfg, constraint, OPTIM, seed=99)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))  # as summary.json and checkpoints hold it
+    assert [a.source(s) for s in range(20)] == [b.source(s) for s in range(20)]
+    again = build_method(cfg, constraint, OPTIM, seed=3)
+    assert [again.source(s) for s in range(5)] == first  # the seed alone decides the coins
 
 
 def test_cmdp_with_a_large_penalty_ranks_every_violating_sample_below_every_satisfying_one():

@@ -15,6 +15,7 @@ from cdistill.objectives import (
     expected_immediate_reward,
     future_return,
     group_normalize,
+    group_scale,
     reward_to_go,
     token_mean,
     weakest_link_exact_term,
@@ -222,6 +223,14 @@ def test_pid_integral_stops_at_the_maximum_so_lambda_falls_as_soon_as_the_cost_d
     assert s["lam"] == pytest.approx(0.1 * -1.0 + 0.5 * 19.0)
 
 
+def test_a_group_of_equal_returns_is_scaled_by_one_not_by_one_over_epsilon():
+    # its advantages are zero either way, but extra terms of its completions are divided by the same scale
+    values = torch.stack([torch.full((3,), 2.0)] * 2 + [torch.tensor([1.0, 0.0, 0.0]), torch.zeros(3)])
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    assert group_scale(values, mask, 2, "std").tolist()[:2] == [1.0, 1.0]
+    assert group_normalize(values, mask, 2, "std")[:2].abs().max() == 0
+
+
 def test_pid_integrates_the_raw_error_and_smooths_only_p_and_d():
     s = pid_init()
     s = pid_update(s, 3.0, 1.0, kp=1.0, ki=1.0, kd=0.0, ema_decay=0.5)
@@ -234,7 +243,7 @@ def test_pid_integrates_the_raw_error_and_smooths_only_p_and_d():
 def test_under_the_default_scale_a_task_reward_does_not_depend_on_another_completions_cost_tail(violator_cost):
     # G = 4, T = 20, cmdp's returns: a correct and a wrong completion in budget, beside a third that violates at
     # its third token and pays violator_cost per token after it (0: nobody pays a tail). Under a σ pooled over
-    # the group's tokens the gap between the first two was 2.31 without the tail and 0.18 with it.
+    # the group's tokens the gap between the first two is 2.03 without the tail and 0.185 with it.
     scale = OmegaConf.load(CONF_DEFAULTS).optim.adv_scale
     t = 20
     returns = torch.zeros(4, t)

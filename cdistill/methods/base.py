@@ -57,24 +57,39 @@ class Method:
         re-run through the student with its gradient), or None. By default the pathwise cost term."""
         return self.pathwise_loss(b, batch, denom)
 
-    def cost_in_return(self, b: Scored, rows: torch.Tensor, costs: torch.Tensor) -> torch.Tensor | None:
+    def holds_cost(self) -> bool:
+        """Whether this method's return holds the cost (then ``cost_in_return`` says how much)."""
+        return False
+
+    def cost_weights_set_by_prefix(self) -> bool:
+        """Whether the weight of each c_t in the return is decided by the prefix before y_t (a constant, or
+        "after the first violation"); with a fixed-length ``mean`` or a ``prefix_mean`` it is not."""
+        return True
+
+    def cost_in_return(self, b: Scored, rows: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
         """[b] what the cost takes from each completion's return, differentiable in ``costs`` ([b, T] c_t of
-        the completions ``rows``, with the student's gradient); None when the method's reward holds no cost."""
-        return None
+        the completions ``rows``, with the student's gradient). Only called when ``holds_cost``."""
+        raise NotImplementedError
+
+    def pathwise_needed(self) -> bool:
+        """The pathwise term is added where its expectation is not zero: for token_kl always; for logratio,
+        whose ∇θ c_t = ∇θ log π_θ(y_t|s_t) has zero mean given the prefix, only when a cost's weight is not
+        decided by the prefix (soft_penalty / lagrangian with a mean or prefix_mean constraint)."""
+        cost = COSTS[self.constraint.cost]
+        if not (self.holds_cost() and cost.depends_on_student and self.constraint.get("pathwise_gradient", True)):
+            return False
+        return cost.pathwise or not self.cost_weights_set_by_prefix()
 
     def pathwise_loss(self, b: Scored, batch: MicroBatch, denom: torch.Tensor) -> torch.Tensor | None:
-        """The pathwise part of the gradient of a return that holds a cost depending on θ (token_kl): ∇θ of
-        what the cost takes from each return, the completion held fixed (the score-function part is in the
-        advantages). Shared by every method whose reward holds the cost, each with its own weight
-        (``cost_in_return``); divided like the advantages by each completion's scale and by the batch's token
-        count. Off for costs whose pathwise gradient is zero in expectation (logratio), or with
-        ``constraint.pathwise_gradient=false``."""
-        if not (COSTS[self.constraint.cost].pathwise and self.constraint.get("pathwise_gradient", True)):
+        """The pathwise part of the gradient of a return that holds a cost depending on θ: ∇θ of what the cost
+        takes from each return, the completion held fixed (the score-function part is in the advantages).
+        Shared by every method whose reward holds the cost, each with its own weight (``cost_in_return``);
+        divided like the advantages by each completion's scale and by the batch's token count. Off where its
+        expectation is zero (``pathwise_needed``) or with ``constraint.pathwise_gradient=false``."""
+        if not self.pathwise_needed():
             return None
         lost = self.cost_in_return(b, batch.rows, batch.cost(self.constraint.cost))
-        if lost is None:
-            return None
-        scale = 1.0 if self.scale is None else self.scale[batch.rows]
+        scale = 1.0 if self.scale is None else self.scale[batch.rows]  # methods that do not normalise: opd
         return (lost / scale).sum() / denom
 
     def after_step(self, b: Scored) -> dict[str, float]:

@@ -18,9 +18,12 @@ class CMDP(Method):
         rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
         return self.normalize(rewards, b.mask, b.group_size)
 
+    def holds_cost(self):
+        return bool(self.cfg.informative)
+
     def cost_in_return(self, b: Scored, rows, costs):
-        # the informative reward −c_t on every token after the first violation
-        return (costs * after_violation(b.stats)[rows]).sum(1) if self.cfg.informative else None
+        # the informative reward −c_t on every token after the first violation (decided by the prefix)
+        return (costs * after_violation(b.stats)[rows]).sum(1)
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}

@@ -28,6 +28,12 @@ class Lagrangian(Method):
         rewards = terminal_reward(b.task_reward, b.mask) - self.lam * b.stats.increments * b.mask
         return self.normalize(rewards, b.mask, b.group_size) / (1.0 + self.lam)
 
+    def holds_cost(self):
+        return self.lam > 0
+
+    def cost_weights_set_by_prefix(self):
+        return self.constraint.kind == "sum"
+
     def cost_in_return(self, b: Scored, rows, costs):
         c = self.constraint
         return self.lam / (1.0 + self.lam) * constraint_stats(costs, b.mask[rows], c.threshold, c.kind).value

@@ -18,10 +18,10 @@ class OPD(Method):
         super().__init__(cfg, constraint, optim, **kwargs)
         if cfg.estimator not in ESTIMATORS:
             raise ValueError(f"unknown opd estimator {cfg.estimator!r}; expected one of {ESTIMATORS}")
-        if cfg.estimator == "sampled" and not COSTS[constraint.cost].depends_on_token:
-            raise ValueError(f"opd's sampled estimator learns nothing from constraint.cost={constraint.cost}: c_t is "
-                             "a function of the prefix alone, so −c_t as the sampled token's advantage has no "
-                             "expected gradient; use method.estimator=full")
+        if cfg.estimator == "sampled" and cfg.returns == "token" and not COSTS[constraint.cost].depends_on_token:
+            raise ValueError(f"opd's sampled estimator with method.returns=token learns nothing from "
+                             f"constraint.cost={constraint.cost}: c_t is a function of the prefix alone, so −c_t as "
+                             "the sampled token's advantage has no expected gradient; use method.estimator=full")
         self.needs_teacher_hidden = cfg.estimator == "full"
 
     def advantages(self, b: Scored):
@@ -31,7 +31,13 @@ class OPD(Method):
         adv = -b.costs * b.mask
         return reward_to_go(adv, b.mask) if self.cfg.returns == "to_go" else adv
 
+    def holds_cost(self):
+        return self.cfg.estimator == "sampled" and self.cfg.returns == "to_go"  # the return −Σ_t c_t
+
+    def cost_in_return(self, b: Scored, rows, costs):
+        return costs.sum(1)
+
     def extra_loss(self, b: Scored, batch, denom):
         if self.cfg.estimator != "full":
-            return None
+            return self.pathwise_loss(b, batch, denom)  # token_kl with returns=to_go
         return token_mean(batch.cost("token_kl"), batch.mask, denom)

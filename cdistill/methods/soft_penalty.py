@@ -11,6 +11,12 @@ class SoftPenalty(Method):
         rewards = soft_penalty_rewards(b.task_reward, b.stats, b.mask, self.cfg.penalty)
         return self.normalize(rewards, b.mask, b.group_size)
 
+    def holds_cost(self):
+        return self.cfg.penalty != 0
+
+    def cost_weights_set_by_prefix(self):
+        return self.constraint.kind == "sum"
+
     def cost_in_return(self, b: Scored, rows, costs):
         c = self.constraint
         return self.cfg.penalty * constraint_stats(costs, b.mask[rows], c.threshold, c.kind).value

@@ -61,7 +61,10 @@ def group_scale(values: torch.Tensor, mask: torch.Tensor, group_size: int, scale
     present = (n > 0).to(values.dtype)
     per_sample_var = (centred**2).sum(-1) / n.clamp(min=1)
     var = (per_sample_var * present).sum(-1, keepdim=True) / present.sum(-1, keepdim=True).clamp(min=1)
-    return (var.sqrt() + eps).expand(-1, group_size).reshape(b)
+    # a group whose returns are all equal has zero advantages whatever the divisor: 1 keeps its extra terms
+    # (which are not zero) from being multiplied by 1/ε
+    scale = torch.where(var > 0, var.sqrt() + eps, torch.ones_like(var))
+    return scale.expand(-1, group_size).reshape(b)
 
 
 def _check_groups(b: int, group_size: int) -> None:

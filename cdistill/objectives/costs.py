@@ -18,7 +18,7 @@ def logratio_cost(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: 
     """c_t = log π_θ(y_t|s_t) − log π_T(y_t|s_t) on the sampled tokens.
 
     Its sum over a completion sampled from π_θ is an unbiased estimate of the sequence-level reverse
-    KL(π_θ ‖ π_T). It depends on θ: callers that need its direct gradient pass ``student_logp`` with grad.
+    KL(π_θ ‖ π_T). It depends on θ: callers that need its pathwise gradient pass ``student_logp`` with grad.
     """
     return (student_logp - teacher_logp) * mask
 
