@@ -35,7 +35,8 @@ class Method:
     def normalize_returns(self, returns: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
         o = self.optim
         self.scale = group_scale(returns, mask, group_size, o.adv_scale)
-        return group_normalize(returns, mask, group_size, o.adv_scale, baseline=o.get("adv_baseline", "group"))
+        return group_normalize(returns, mask, group_size, o.adv_scale, baseline=o.get("adv_baseline", "group"),
+                               divisor=self.scale)
 
     def advantages(self, b: Scored) -> torch.Tensor:
         raise NotImplementedError

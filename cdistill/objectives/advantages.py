@@ -22,7 +22,7 @@ def future_return(rewards: torch.Tensor, immediate: torch.Tensor, mask: torch.Te
 
 def group_normalize(
     values: torch.Tensor, mask: torch.Tensor, group_size: int, scale: str = "std", eps: float = 1e-6,
-    baseline: str = "group",
+    baseline: str = "group", divisor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Centre and scale per-token values within each prompt's group of ``group_size`` consecutive completions.
 
@@ -31,13 +31,15 @@ def group_normalize(
     ``scale="std"``: divide by σ, σ² = mean_i mean_t (v_it − μ)², pooled over every token of the group: for an
     outcome reward (v_it = R_i) this is exactly GRPO's (R_i − mean R) / std R, but a per-token return lets one
     completion's cost tail set σ for the whole group. ``scale="none"`` (Dr. GRPO) divides by nothing.
-    ``group_scale`` gives the divisor of each row, which extra differentiable terms must share.
+    ``group_scale`` gives the divisor of each row, which extra differentiable terms must share; a caller
+    that already holds it passes it as ``divisor``.
     Empty completions take no part in the statistics.
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown advantage baseline {baseline!r}; expected one of {BASELINES}")
     b, t = values.shape
-    divisor = group_scale(values, mask, group_size, scale, eps)
+    if divisor is None:
+        divisor = group_scale(values, mask, group_size, scale, eps)
     centred = values * mask.to(values.dtype)
     if baseline == "group":
         mu = _group_mean(values, mask, group_size).expand(-1, group_size).reshape(b, 1)
