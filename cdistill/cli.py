@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zlib
 from pathlib import Path
 
 import hydra
@@ -174,7 +175,37 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def job_dir(overrides: str, method: str, num: int) -> str:
+    """A multirun job's directory name: its swept overrides (``hydra.job.override_dirname``, from which
+    ``name_swept_only`` leaves the fixed ones out), else the method and job number. Path separators become ``_``
+    so that a swept file path stays one directory; a long name is cut and keeps a hash of the whole, so that
+    it stays unique."""
+    name = overrides.replace(os.sep, "_").replace("\\", "_").lstrip(".") or f"{method}_job{num}"
+    if len(name) > 150:
+        name = f"{name[:140]}~{zlib.crc32(overrides.encode()):08x}"
+    return name
+
+
+def name_swept_only(overrides: list[str]) -> list[str]:
+    """For a multirun, tell Hydra to name job directories by the swept keys only (``seed=0``, not every
+    fixed override repeated in every name), unless the user chose the excluded keys."""
+    if not any(o in ("-m", "--multirun") for o in overrides) or any(
+            o.startswith("hydra.job.config.override_dirname") for o in overrides):
+        return overrides
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
+    except Exception:  # Hydra reports a malformed override itself, in its own words
+        return overrides
+    fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override() and not o.key_or_group.startswith(
+        "hydra")})
+    return [*overrides, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(fixed)}]"] if fixed else overrides
+
+
 def _hydra(fn, config_name: str):
+    if not OmegaConf.has_resolver("cdistill.job_dir"):
+        OmegaConf.register_new_resolver("cdistill.job_dir", job_dir)
     return hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")(fn)
 
 
@@ -194,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     if cmd == "train":
         check_groups(rest)
         check_run_dir(rest)
+        rest = name_swept_only(rest)
     quiet_libraries()
     sys.argv = [f"cdistill {cmd}", *rest]
     _hydra(fn, config_name)()

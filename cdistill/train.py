@@ -29,6 +29,7 @@ from cdistill.objectives import MicroBatch, Scored, clipped_policy_loss, truncat
 from cdistill.optim import build_optimizer, build_scheduler
 from cdistill.rollout.engines import EngineSampler, build_sampler
 from cdistill.rollout.sampling import Rollout, generation_config
+from cdistill.rollout.source import Source
 from cdistill.rollout.sources import PromptStream, TeacherSolutions, draw_rollout
 from cdistill.runtime import absolute, autocast, out_of_memory_hint, pick_device, seed_everything
 from cdistill.scoring import score_rollout, scoring_spec
@@ -86,8 +87,9 @@ def train(cfg, run_dir: Path) -> dict:
         record = train_step(run, state, step)
         if run.logger is not None:
             run.logger.log(record)
-        bar.set_postfix(reward=f"{record['reward']:.2f}", div=f"{record['divergence_mean']:.2f}",
-                        sat=f"{record['satisfaction_rate']:.2f}", refresh=False)
+        if "reward" in record:  # steps on the student's own samples
+            bar.set_postfix(reward=f"{record['reward']:.2f}", div=f"{record['divergence_mean']:.2f}",
+                            sat=f"{record['satisfaction_rate']:.2f}", refresh=False)
         if state.bad_run >= cfg.guards.max_bad_steps:
             where = f"; the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint else ""
             raise TrainingError(f"stopped at step {step}: {state.bad_run} steps in a row had a non-finite loss or "
@@ -125,11 +127,16 @@ def train_step(run: Run, state: LoopState, step: int) -> dict:
     state.step = step
     state.bad_run = state.bad_run + 1 if upd["skipped_updates"] else 0
     state.bad_steps += bool(upd["skipped_updates"])
-    record = {"step": step, **batch_summary(scored), **upd, **method.after_step(scored), "bad_steps": state.bad_steps,
+    batch = batch_summary(scored)
+    if source not in (Source.STUDENT, Source.BUDGET):
+        # teacher or reference completions (sft, seqkd, off-policy gkd): their reward and satisfaction are not the
+        # student's, so they are logged under another name and the curves of the student's metrics skip the step
+        batch = {f"offpolicy/{k}": v for k, v in batch.items()}
+    record = {"step": step, **batch, **upd, **method.after_step(scored), "bad_steps": state.bad_steps,
               "lr": run.scheduler.get_last_lr()[0], "time_generate": t1 - t0, "time_score": t2 - t1,
               "time_update": t3 - t2, "time_step": t3 - t0}
     tokens = float(scored.mask.sum())  # per-token metrics average over every rank's tokens
-    return run.dist.weighted(record, {"sampled_kl_per_token": tokens, "entropy": tokens})
+    return run.dist.weighted(record, {k: tokens for k in record if k.endswith(("sampled_kl_per_token", "entropy"))})
 
 
 def shared_student_pass(run: Run, rollout: Rollout) -> CompletionForward | None:

@@ -146,7 +146,7 @@ def test_judge_command_writes_its_results_where_the_report_finds_them(stub, runs
     import subprocess
     import sys
 
-    from cdistill.eval.report import finished_runs
+    from cdistill.eval.report import latest_judgement
 
     a, b = runs
     (a / "summary.json").write_text(json.dumps({"method": "cmdp", "threshold": 5}))
@@ -159,7 +159,7 @@ def test_judge_command_writes_its_results_where_the_report_finds_them(stub, runs
     (out,) = (a / "judge").glob("*/judge.json")
     assert json.loads(out.read_text())["win_rate"] == 1.0
     assert len((out.parent / "judge_samples.jsonl").read_text().splitlines()) == 3
-    assert finished_runs(a)[0][1]["judge"] == "1.00/0.00/0.00 vs b"
+    assert latest_judgement(a) == "1.00/0.00/0.00 vs b"  # what the report's list of runs shows
 
 
 def test_judge_command_against_an_unreachable_endpoint_stops_early_with_one_line(runs):

@@ -21,7 +21,7 @@ def run(tmp_path, cache, *overrides):
     out = tmp_path / "run"
     out.mkdir(parents=True)
     summary = train(cfg, out)
-    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"time_step"' in line]
     evals = [json.loads(line) for line in (out / "evals.jsonl").read_text().splitlines()]
     return cfg, out, summary, steps, evals
 
@@ -176,11 +176,12 @@ def test_with_nothing_to_gain_from_the_task_only_cmdps_budget_moves_the_student_
     results = {}
     for name in ("grpo", "cmdp"):
         cfg, out, summary, steps, evals = run(tmp_path / name, cache, f"method={name}", "constraint.threshold=1",
-                                              "optim.lr=1e-2", "optim.steps=3")
+                                              "optim.lr=1e-2", "optim.steps=5")
         assert all(s["reward"] == 0 for s in steps)
         results[name] = [e["divergence_mean"] for e in evals]
     assert results["grpo"][-1] == results["grpo"][0]
-    assert results["cmdp"][-1] < 0.7 * results["cmdp"][0]  # measured: 1.52 → 0.77
+    # measured on the split by computation: 1.28 → 0.49 in 5 steps (0.96 after 3; 1.52 → 0.77 in 3 on the old split)
+    assert results["cmdp"][-1] < 0.7 * results["cmdp"][0]
 
 
 @pytest.mark.slow
@@ -204,7 +205,7 @@ def test_cmdp_with_a_large_penalty_keeps_the_divergence_far_below_grpos_on_the_e
                                      "device=cpu"])
         out = tmp_path_factory.mktemp(name)
         summary = train(cfg, out)
-        steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+        steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"time_step"' in line]
         last = steps[-10:]
         results[name] = {"divergence": sum(s["divergence_mean"] for s in last) / 10,
                          "satisfied": sum(s["satisfaction_rate"] for s in last) / 10,

@@ -52,6 +52,11 @@ def test_constraint_stats_match_brute_force_on_ragged_rows(kind):
         assert bool(st.satisfied[i]) == (value <= d)
         absorbed = [first >= 0 and t >= first for t in range(n)] + [False] * (7 - n)
         assert st.absorbed[i].tolist() == absorbed
+        # the peak: the largest C_t that counts (only C(y) for mean); never exceeded on any prefix iff peak <= d
+        peak = value if kind == "mean" or not n else max(running)
+        assert st.peak[i].item() == pytest.approx(peak)
+        if n:
+            assert (st.peak[i].item() <= d) == (first == -1)
 
 
 def test_statistic_exactly_at_threshold_is_within_budget():

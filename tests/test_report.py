@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import yaml
 
-from cdistill.eval.report import finished_runs, report_main
+from cdistill.eval.replicates import finished_runs, group_runs
+from cdistill.eval.report import report_main
 
 
 def fake_run(root, method, d, acc, div, lam=None):
@@ -27,13 +29,13 @@ def test_report_writes_table_plots_html_and_the_command_of_every_run(tmp_path, c
             fake_run(tmp_path, method, d, acc, div=d / 2, lam=lam)
     report_main([str(tmp_path)])
     out = capsys.readouterr().out
-    assert "| cmdp | 2 |" in out and "| lagrangian | 8 |" in out and "0.600" in out
+    assert "| cmdp | - | d = 2 |" in out and "| lagrangian | - | d = 8 |" in out and "0.600 (no interval)" in out
     for name in ("report.md", "report.html", "pareto.png", "curves.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     md = (tmp_path / "report.md").read_text()
     assert "`cdistill train method=lagrangian constraint.threshold=8`" in md
     assert "<table>" in (tmp_path / "report.html").read_text()
-    assert [s["method"] for _, s in finished_runs(tmp_path)] == ["cmdp", "cmdp", "lagrangian", "lagrangian"]
+    assert sorted(r.summary["method"] for r in finished_runs(tmp_path)) == ["cmdp", "cmdp", "lagrangian", "lagrangian"]
 
 
 def test_report_skips_a_corrupt_summary_and_fails_on_nothing(tmp_path):
@@ -47,9 +49,95 @@ def test_report_skips_a_corrupt_summary_and_fails_on_nothing(tmp_path):
 
 
 def test_pareto_plots_c_of_y_only_when_every_run_measures_it_the_same_way():
-    from cdistill.eval.report import pareto_axis
+    from cdistill.eval.plots import pareto_axis
 
     same = [{"cost": "logratio", "kind": "sum"}, {"cost": "logratio", "kind": "sum"}]
     mixed = [*same, {"cost": "teacher_nll", "kind": "prefix_mean"}]
     assert pareto_axis(same)[0] == "divergence_mean"
     assert pareto_axis(mixed)[0] == "sampled_kl_per_token"
+
+
+def replicate(root, name, *, method="soft_penalty", seed=0, penalty=0.1, d=10.0, correct, divergence, peak=None,
+              logging_mode="offline"):
+    """A finished run as cdistill writes it: resolved config, summary and per-problem evaluation records
+    (``correct[i]`` and ``divergence[i]``: problem i's sampled completions)."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"seed": seed, "method": {"name": method, "penalty": penalty},
+              "logging": {"wandb": {"mode": logging_mode}},
+              "constraint": {"cost": "logratio", "kind": "sum", "threshold": d}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    peak = peak or divergence
+    records = [{"question": f"q{i}", "gold": "1", "greedy": "", "greedy_correct": bool(c[0]), "greedy_answer": "1",
+                "samples": [{"text": "", "answer": "1", "correct": bool(x), "divergence": v, "peak": pk,
+                             "satisfied": v <= d, "never_exceeded": pk <= d}
+                            for x, v, pk in zip(c, dv, pp, strict=True)]}
+               for i, (c, dv, pp) in enumerate(zip(correct, divergence, peak, strict=True))]
+    (run / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    flat = [x for c in correct for x in c]
+    summary = {"method": method, "threshold": d, "cost": "logratio", "kind": "sum",
+               "accuracy_sampled": sum(flat) / len(flat), "divergence_mean": 1.0, "steps": 3}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_runs_that_differ_only_in_seed_and_resources_are_one_group_labelled_by_what_differs(tmp_path):
+    ok, div = [[1, 0]] * 3, [[1.0, 2.0]] * 3
+    replicate(tmp_path, "a0", seed=0, correct=ok, divergence=div)
+    replicate(tmp_path, "a1", seed=1, correct=ok, divergence=div, logging_mode="disabled")  # a resource key
+    replicate(tmp_path, "b0", seed=0, penalty=1.0, correct=ok, divergence=div)
+    replicate(tmp_path, "c0", seed=0, method="cmdp", correct=ok, divergence=div)
+    groups = group_runs(finished_runs(tmp_path))
+    assert [(g.method, g.label, g.seeds) for g in groups] == [
+        ("cmdp", "", [0]), ("soft_penalty", "method.penalty=0.1", [0, 1]), ("soft_penalty", "method.penalty=1.0", [0])]
+
+
+def test_a_group_reports_the_mean_over_seeds_and_problems_with_an_interval_that_contains_it(tmp_path, capsys):
+    # seed 0 answers 2 of 4 samples right on each problem, seed 1 all of them: mean (0.5 + 1) / 2 = 0.75
+    replicate(tmp_path, "s0", seed=0, correct=[[1, 0, 1, 0]] * 5, divergence=[[1.0] * 4] * 5)
+    replicate(tmp_path, "s1", seed=1, correct=[[1, 1, 1, 1]] * 5, divergence=[[1.0] * 4] * 5)
+    report_main([str(tmp_path)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| soft_penalty"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "0,1"
+    mean, low, high = (float(x) for x in cells[4].replace("[", "").replace("]", "").replace(",", "").split())
+    # every problem is alike, so the interval is over the two seeds alone: resampled means are 0.5, 0.75 or 1
+    assert (mean, low, high) == (0.75, 0.5, 1.0)
+
+
+def test_paired_verdict_names_the_better_method_and_reads_satisfaction_at_cmdps_budget(tmp_path, capsys):
+    n = 30
+    for seed in (0, 1):
+        # cmdp right on every problem, C(y) = 4; the fixed penalty wrong everywhere, C(y) = 6
+        replicate(tmp_path, f"cmdp{seed}", method="cmdp", d=5.0, seed=seed, correct=[[1, 1]] * n,
+                  divergence=[[4.0, 4.0]] * n)
+        replicate(tmp_path, f"soft{seed}", d=10.0, seed=seed, correct=[[0, 0]] * n, divergence=[[6.0, 6.0]] * n)
+    report_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| cmdp d=5 | soft_penalty"))  # the verdicts
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "5" and cells[3] == "0,1"
+    assert cells[4].startswith("+1.000 [+1.000, +1.000]") and "**A better**" in cells[4]
+    # at cmdp's d = 5 the fixed penalty's C(y) = 6 is never satisfied (at its own d = 10 it always is)
+    assert cells[5].startswith("+1.000") and "**A better**" in cells[5]
+    assert cells[7].startswith("-2.00") and "**A better**" in cells[7]  # lower C(y) is better
+    assert "**cmdp d=5** vs **soft_penalty d=10**" in out
+
+
+def test_no_detectable_difference_when_two_methods_answer_alike(tmp_path, capsys):
+    rows = [[1, 0], [0, 1], [1, 1], [0, 0]] * 5
+    replicate(tmp_path, "c", method="cmdp", correct=rows, divergence=[[1.0, 1.0]] * 20)
+    replicate(tmp_path, "s", correct=rows[::-1], divergence=[[1.0, 1.0]] * 20)
+    report_main([str(tmp_path)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cmdp d=10 |"))
+    assert "**no detectable difference**" in row.split("|")[5]
+
+
+def test_the_never_exceeded_reading_differs_from_the_end_reading_with_signed_costs(tmp_path, capsys):
+    # C(y) = 3 <= 5 at the end, but a prefix reached 7: satisfied at the end, not never exceeded
+    replicate(tmp_path, "c", method="cmdp", d=5.0, correct=[[1]] * 4, divergence=[[3.0]] * 4, peak=[[7.0]] * 4)
+    report_main([str(tmp_path)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cmdp"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[7].startswith("1.000") and cells[8].startswith("0.000")  # satisfied at end, never exceeded
+    assert cells[9].startswith("1.000") and cells[10].startswith("0.000")  # success under each reading

@@ -9,7 +9,7 @@ from helpers import CONF
 from hydra import compose, initialize_config_dir
 
 from cdistill.tasks import build_task
-from cdistill.tasks.arith import make_problem, split, train_rows
+from cdistill.tasks.arith import all_computations, computation, measure_split, render, split, train_rows
 from cdistill.tasks.base import TaskError, read_jsonl
 from cdistill.tasks.verifier import answers_match, extract_answer, grade
 
@@ -26,8 +26,9 @@ def test_arith_solutions_are_correct_gsm8k_style_worked_lines():
     import random
 
     rng = random.Random(1)
-    for _ in range(300):
-        row = make_problem(rng, 1, 3, 9)
+    for comp in rng.sample(all_computations(1, 3, 9), 300):
+        row = render(rng, comp)
+        assert computation(row) == comp
         *lines, final = row["answer"].split("\n")
         value = None
         for line in lines:
@@ -42,25 +43,64 @@ def test_arith_solutions_are_correct_gsm8k_style_worked_lines():
 def test_arith_held_out_split_is_fixed_and_never_trained_on():
     held, rows = split(0, 50, 1, 2, 9)
     held2, rows2 = split(0, 50, 1, 2, 9)
-    assert rows == rows2 and len({r["question"] for r in rows}) == 50
+    assert rows == rows2 and held == held2 and len({r["question"] for r in rows}) == 50
     train = train_rows(0, 2000, set(held), 1, 2, 9)
+    assert train == train_rows(0, 2000, set(held), 1, 2, 9)
     assert not {r["question"] for r in train} & set(held)
+    assert not {computation(r) for r in train} & {computation(r) for r in rows}
+
+
+def test_arith_split_holds_out_computations_not_wordings():
+    """At the default size no test computation (start value + (op, operand) steps) ever occurs in training."""
+    cfg = task_cfg("arith")
+    assert (cfg.n_test, cfg.n_train, cfg.held_out_fraction) == (0, 20000, 0.3)
+    d = cfg.difficulty
+    held, test = split(cfg.seed, cfg.n_test, d.min_steps, d.max_steps, d.max_operand, cfg.held_out_fraction)
+    train = train_rows(cfg.seed, cfg.n_train, set(held), d.min_steps, d.max_steps, d.max_operand,
+                       cfg.held_out_fraction)
+    m = measure_split(train, test, cfg.seed, cfg.held_out_fraction, (d.min_steps, d.max_steps, d.max_operand))
+    assert m["computation_in_train"] == 0.0 and m["solution_in_train"] == 0.0
+    # one question for each held-out computation: every test problem is an independent draw
+    assert m["distinct_test_questions"] == m["distinct_test_computations"] == m["held_out_computations"] == len(test)
+    assert m["effective_test_size"] == len(test) == 569
+    assert 0.25 < m["held_out_computations"] / m["computations"] < 0.35
+    # another task.seed holds out other computations
+    _, other = split(cfg.seed + 1, 200, d.min_steps, d.max_steps, d.max_operand, cfg.held_out_fraction)
+    assert {computation(r) for r in other} != {computation(r) for r in test[:200]}
+
+
+def test_arith_build_task_uses_the_computation_split():
+    task = build_task(task_cfg("arith", "task.n_train=3000", "task.n_test=300"))
+    assert len(task.test) == 300 and len({p.question for p in task.test}) == 300
+    test_comps = {computation({"answer": p.solution}) for p in task.test}
+    assert not test_comps & {computation({"answer": p.solution}) for p in task.train}
+    assert task.extraction == "strict"
+
+
+def test_arith_impossible_split_is_a_clear_error():
+    with pytest.raises(ValueError, match="lower task.n_test to at most"):
+        split(0, 500, 1, 1, 1)
+    with pytest.raises(TaskError, match="held_out_fraction must be between 0 and 1"):
+        build_task(task_cfg("arith", "task.held_out_fraction=1.0"))
 
 
 def test_arith_difficulty_knob_sets_the_number_of_steps():
-    import random
-
-    rng = random.Random(0)
-    steps = {make_problem(rng, 3, 3, 9)["answer"].count("\n") for _ in range(50)}
+    steps = {r["answer"].count("\n") for r in train_rows(0, 50, set(), 3, 3, 4)}
     assert steps == {3}
+    # every computation is reachable and none goes below zero: 1-step, operands 1..2: 1+1 1+2 2+1 2+2 1-1 2-1 2-2
+    assert sorted(all_computations(1, 1, 2)) == [(1, (("+", 1),)), (1, (("+", 2),)), (1, (("-", 1),)),
+                                                 (2, (("+", 1),)), (2, (("+", 2),)), (2, (("-", 1),)), (2, (("-", 2),))]
 
 
-@pytest.mark.parametrize(("text", "want"), [
-    ("2 + 3 = 5\n#### 5", "5"), ("so \\boxed{\\frac{1}{2}} done", "\\frac{1}{2}"), ("no answer here", None),
-    ("#### 1,000\nmore", "1,000"), ("\\boxed{a} then \\boxed{b}", "b"),
+@pytest.mark.parametrize(("text", "mode", "fmt", "want"), [
+    ("2 + 3 = 5\n#### 5", "strict", "gsm8k", "5"), ("so \\boxed{\\frac{1}{2}} done", "strict", "math", "\\frac{1}{2}"),
+    ("so \\boxed{\\frac{1}{2}} done", "strict", "gsm8k", None), ("so \\boxed{\\frac{1}{2}} done", "flexible", "gsm8k",
+                                                                "\\frac{1}{2}"),
+    ("no answer here", "flexible", "gsm8k", None), ("#### 1,000\nmore", "strict", "gsm8k", "1000"),
+    ("\\boxed{a} then \\boxed{b}", "strict", "math", "b"), ("#### 4\n#### 5", "strict", "gsm8k", "4"),
 ])
-def test_extract_answer(text, want):
-    assert extract_answer(text) == want
+def test_extract_answer(text, mode, fmt, want):
+    assert extract_answer(text, mode, fmt) == want
 
 
 @pytest.mark.parametrize(("pred", "gold", "ok"), [
@@ -85,7 +125,8 @@ def test_malformed_jsonl_reports_the_line(tmp_path):
 
 @needs_data
 def test_every_gsm8k_test_gold_answer_parses_and_verifies_against_itself():
-    cfg = task_cfg("gsm8k", f"task.source={DATA / 'gsm8k' / 'test.jsonl'}", "task.n_test=0")
+    cfg = task_cfg("gsm8k", f"task.train_source={DATA / 'gsm8k' / 'train.jsonl'}",
+                   f"task.test_source={DATA / 'gsm8k' / 'test.jsonl'}", "task.n_test=0")
     task = build_task(cfg)
     assert len(task.test) == 1319
     for p in task.test:
@@ -96,7 +137,8 @@ def test_every_gsm8k_test_gold_answer_parses_and_verifies_against_itself():
 
 @needs_data
 def test_math500_rows_load_with_their_answers():
-    cfg = task_cfg("math500", f"task.source={DATA / 'math500' / 'test.jsonl'}", "task.n_test=0")
+    cfg = task_cfg("math500", f"task.source={DATA / 'math500' / 'test.jsonl'}", "task.n_test=0",
+                   "task.allow_train_on_test=true")
     task = build_task(cfg)
     assert len(task.test) == 500
     first = json.loads((DATA / "math500" / "test.jsonl").read_text().splitlines()[0])
@@ -109,7 +151,7 @@ def test_dataset_without_expected_fields_is_a_clear_error(tmp_path):
     p = tmp_path / "rows.jsonl"
     p.write_text(json.dumps({"q": "x", "a": "#### 1"}) + "\n")
     with pytest.raises(TaskError, match="no field"):
-        build_task(task_cfg("gsm8k", f"task.source={p}"))
+        build_task(task_cfg("gsm8k", f"task.source={p}", "task.allow_train_on_test=true"))
 
 
 def test_a_pathological_answer_times_out_instead_of_hanging():
@@ -118,3 +160,31 @@ def test_a_pathological_answer_times_out_instead_of_hanging():
     t = time.time()
     assert answers_match("10^{10^{10^{10^{10}}}} - 10^{10^{10^{10^{10}}}}", "1", timeout_seconds=1) is False
     assert time.time() - t < 20
+
+
+def test_training_on_the_test_rows_is_refused_unless_allowed(tmp_path, monkeypatch):
+    """Same local file (however it is spelled), or same hub name + config + split: refused before any loading."""
+    hint = r"point task.train_source at training rows, or set task.allow_train_on_test=true"
+    with pytest.raises(TaskError, match=r"task 'math500' would train on its test rows \(HuggingFaceH4/MATH-500 "
+                                        r"split test\): " + re.escape(hint)):
+        build_task(task_cfg("math500"))  # the default: MATH-500's own test split, no network needed to refuse
+    p = tmp_path / "rows.jsonl"
+    p.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TaskError, match=re.escape(hint)) as e:
+        build_task(task_cfg("gsm8k", f"task.train_source={p}", "task.test_source=./rows.jsonl"))
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+    with pytest.raises(TaskError, match=re.escape(hint)):
+        build_task(task_cfg("gsm8k", "task.source=OpenAI/GSM8K", "task.train_split=test"))
+    task = build_task(task_cfg("gsm8k", f"task.source={p}", "task.allow_train_on_test=true"))
+    assert task.train == task.test
+    other = tmp_path / "train.jsonl"
+    other.write_text(p.read_text())
+    assert len(build_task(task_cfg("gsm8k", f"task.train_source={other}", f"task.test_source={p}")).train) == 1
+
+
+@pytest.mark.parametrize("name", ["arith", "gsm8k", "math500"])
+def test_every_task_config_has_the_new_keys(name):
+    cfg = task_cfg(name)
+    assert cfg.answer_extraction == {"arith": "strict"}.get(name, "flexible")
+    assert cfg.allow_train_on_test is False

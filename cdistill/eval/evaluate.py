@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from cdistill.eval.metrics import batch_summary
+from cdistill.eval.stats import group_interval
 from cdistill.rollout.sampling import generate, generation_config
 from cdistill.rollout.sources import budget_tracking
 from cdistill.runtime import autocast
@@ -35,24 +36,31 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
     sampled_cfg = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     greedy_cfg = generation_config(tok, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
     track = budget_tracking(parts, cfg)  # used only by a budget-conditioned (saute) student
-    summaries, records, weights, tokens, values = [], [], [], [], []
+    summaries, records, weights, tokens, values, per_problem = [], [], [], [], [], []
     for start in range(0, len(problems), ev.batch_size):
         chunk = problems[start : start + ev.batch_size]
         prompts = [parts.task.prompt(p) for p in chunk]
         special = parts.task.add_special_tokens
         greedy = generate(policy, tok, prompts, 1, greedy_cfg, parts.device, special, track)
         greedy_correct = [parts.task.reward(t, p) for t, p in zip(greedy.texts, chunk, strict=True)]
+        greedy_answers = [parts.task.extract(t) for t in greedy.texts]
         sampled = generate(policy, tok, prompts, ev.samples, sampled_cfg, parts.device, special, track)
         per_sample = [p for p in chunk for _ in range(ev.samples)]
         scored = score_rollout(sampled, per_sample, parts, cfg, policy=policy)
         s = batch_summary(scored)
         s["accuracy_greedy"] = sum(greedy_correct) / len(chunk)
+        answers = [parts.task.extract(t) for t in sampled.texts]
+        # completions from which no final answer could be read: a grader that misreads a model shows here
+        s["unparsed_rate"] = sum(a is None for a in answers) / len(answers)
+        s["unparsed_rate_greedy"] = sum(a is None for a in greedy_answers) / len(chunk)
         summaries.append(s)
         weights.append(len(chunk))
         tokens.append(int(scored.mask.sum()))
         values.append(scored.stats.value)
+        per_problem.append(scored.task_reward.double().view(len(chunk), ev.samples).mean(1))
         if with_samples:
-            records += sample_records(chunk, greedy.texts, greedy_correct, sampled.texts, scored, ev.samples)
+            records += sample_records(chunk, greedy.texts, greedy_correct, greedy_answers, sampled.texts, answers,
+                                      scored, ev.samples)
     # chunks hold equal numbers of samples per problem: per-sample rates average by problems, per-token
     # means by generated tokens, maxima by max
     def pool(key: str) -> float:
@@ -67,21 +75,30 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
     report["divergence_median"] = float(torch.quantile(values, 0.5))
     report["divergence_p90"] = float(torch.quantile(values, 0.9))
     report["accuracy_sampled"] = report.pop("reward")
+    # this run's 95% interval on sampled accuracy, a bootstrap over its evaluation problems (cdistill report
+    # adds seeds to it when a configuration has replicates)
+    interval = group_interval(torch.cat(per_problem).numpy())
+    report["accuracy_sampled_low"], report["accuracy_sampled_high"] = interval.low, interval.high
     report.update(n_problems=len(problems), samples_per_problem=ev.samples, threshold=cfg.constraint.threshold,
-                  cost=cfg.constraint.cost, kind=cfg.constraint.kind)
+                  cost=cfg.constraint.cost, kind=cfg.constraint.kind, extraction=parts.task.extraction)
     return report, records
 
 
 PER_TOKEN = ("sampled_kl_per_token", "entropy")
 
 
-def sample_records(problems, greedy_texts, greedy_correct, sampled_texts, scored, samples: int) -> list[dict]:
-    """One record per problem: its greedy answer and its sampled ones with their grades and divergences."""
+def sample_records(problems, greedy_texts, greedy_correct, greedy_answers, sampled_texts, answers, scored,
+                   samples: int) -> list[dict]:
+    """One record per problem: its greedy answer and its sampled ones with their grades, extracted answers
+    (null: none could be read), divergences C(y) and peaks (the largest running C_t: with ``peak`` a report
+    can read the never-exceeded constraint at any budget)."""
     return [{
         "question": p.question, "gold": p.gold, "greedy": greedy_texts[i], "greedy_correct": bool(greedy_correct[i]),
+        "greedy_answer": greedy_answers[i],
         "samples": [{
-            "text": sampled_texts[r], "correct": bool(scored.task_reward[r] > 0),
-            "divergence": float(scored.stats.value[r]), "satisfied": bool(scored.stats.satisfied[r]),
+            "text": sampled_texts[r], "answer": answers[r], "correct": bool(scored.task_reward[r] > 0),
+            "divergence": float(scored.stats.value[r]), "peak": float(scored.stats.peak[r]),
+            "satisfied": bool(scored.stats.satisfied[r]), "never_exceeded": bool(scored.stats.violation_step[r] < 0),
         } for r in range(i * samples, (i + 1) * samples)],
     } for i, p in enumerate(problems)]
 
@@ -97,14 +114,26 @@ def write_eval(out_dir: Path, report: dict, records: list[dict]) -> None:
 ROWS = [
     ("accuracy (greedy)", "accuracy_greedy"), ("accuracy (sampled)", "accuracy_sampled"),
     ("divergence mean", "divergence_mean"), ("divergence median", "divergence_median"),
-    ("divergence p90", "divergence_p90"), ("satisfaction rate", "satisfaction_rate"),
-    ("success rate", "success_rate"), ("KL per token (sampled)", "sampled_kl_per_token"),
-    ("length mean", "length_mean"),
+    ("divergence p90", "divergence_p90"), ("satisfied at the end", "satisfaction_rate"),
+    ("success at the end", "success_rate"), ("never exceeded", "never_exceeded_rate"),
+    ("success never exceeded", "success_never_exceeded_rate"), ("no answer extracted", "unparsed_rate"),
+    ("KL per token (sampled)", "sampled_kl_per_token"), ("length mean", "length_mean"),
 ]
 
 
+def constraint_label(report: dict) -> str:
+    """The constraint a number is about, as every table row names it: ``C(y) = sum of logratio <= 10``."""
+    return f"{report['kind']} of {report['cost']} <= {report['threshold']:g}"
+
+
 def format_report(report: dict) -> str:
-    head = (f"evaluation on {report['n_problems']} problems, threshold d={report['threshold']} "
-            f"({report['cost']}, {report['kind']})")
-    lines = [head] + [f"  {label:<24} {report[key]:>9.3f}" for label, key in ROWS]
+    head = (f"evaluation on {report['n_problems']} problems x {report['samples_per_problem']} samples, constraint "
+            f"{constraint_label(report)}")
+    lines = [head]
+    for label, key in ROWS:
+        if key in report:  # a report written before the metric existed lacks it
+            lines.append(f"  {label:<24} {report[key]:>9.3f}")
+            if key == "accuracy_sampled" and "accuracy_sampled_low" in report:
+                lines[-1] += (f"   95% interval [{report['accuracy_sampled_low']:.3f}, "
+                              f"{report['accuracy_sampled_high']:.3f}] (bootstrap over problems)")
     return "\n".join(lines)

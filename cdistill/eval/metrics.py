@@ -26,8 +26,12 @@ def batch_summary(b: Scored) -> dict[str, float]:
         "divergence_mean": float(value.mean()),
         "divergence_median": quantile(value, 0.5),
         "divergence_p90": quantile(value, 0.9),
+        # the constraint read at the end (C(y) <= d) and on every prefix (never exceeded: the Sauté reading, under
+        # which cmdp forfeits the reward); they differ when costs can be negative (logratio)
         "satisfaction_rate": float(b.stats.satisfied.double().mean()),
         "success_rate": float(((b.task_reward > 0) & b.stats.satisfied).double().mean()),
+        "never_exceeded_rate": float((b.stats.violation_step < 0).double().mean()),
+        "success_never_exceeded_rate": float(((b.task_reward > 0) & (b.stats.violation_step < 0)).double().mean()),
         "sampled_kl_per_token": float(token_mean(b.sampled_kl, b.mask)),
         "entropy": float(token_mean(b.entropy, b.mask)),
         "length_mean": float(lengths.mean()),

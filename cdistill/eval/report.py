@@ -1,8 +1,12 @@
-"""``cdistill report <dir>``: one table, a Pareto plot and training curves over every run below a directory.
+"""``cdistill report <dir>``: every finished run below a directory, as replicate groups with 95% intervals,
+paired verdicts between methods, a Pareto plot with error bars and training curves with seed bands.
 
-Reads only what runs wrote (``summary.json``, ``metrics.jsonl``, the Hydra ``.hydra/overrides.yaml``), so it
-works on any finished sweep, and writes ``report.md``, ``report.html``, ``pareto.png`` and ``curves.png``
-into that directory.
+Reads only what runs wrote (``summary.json``, ``config.yaml``, ``eval_samples.jsonl``, ``metrics.jsonl``, the
+Hydra ``.hydra/overrides.yaml``), so it works on any finished sweep, and writes ``report.md``, ``report.html``,
+``pareto.png`` and ``curves.png`` into that directory.
+
+The intervals are 95% percentile-bootstrap intervals over seeds and problems (``cdistill.eval.stats``): one
+run's interval comes from its evaluation problems alone.
 """
 
 from __future__ import annotations
@@ -11,23 +15,29 @@ import argparse
 import html
 import json
 import sys
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from cdistill.jsonl import read_jsonl
+from cdistill.eval.plots import plot_curves, plot_pareto
+from cdistill.eval.replicates import Group, finished_runs, group_runs
+from cdistill.eval.stats import Difference, Interval, group_interval, paired_difference, verdict
 
-COLUMNS = [
-    ("method", "method", "{}"), ("d", "threshold", "{:g}"), ("teacher acc", "teacher_accuracy_sampled", "{:.3f}"),
-    ("start acc", "start_accuracy_sampled", "{:.3f}"), ("start satisfied", "start_satisfaction_rate", "{:.3f}"),
+# (column, metric, format): metrics read per problem get an interval; the others are means over the seeds
+WITH_INTERVALS = [
     ("acc (sampled)", "accuracy_sampled", "{:.3f}"), ("acc (greedy)", "accuracy_greedy", "{:.3f}"),
-    ("div mean", "divergence_mean", "{:.2f}"), ("div p90", "divergence_p90", "{:.2f}"),
-    ("satisfied", "satisfaction_rate", "{:.3f}"), ("success", "success_rate", "{:.3f}"),
-    ("judge win/loss/tie", "judge", "{}"), ("steps", "steps", "{}"), ("seconds", "train_seconds", "{:.0f}"),
+    ("mean C(y)", "divergence_mean", "{:.2f}"), ("satisfied at end", "satisfaction_rate", "{:.3f}"),
+    ("never exceeded", "never_exceeded_rate", "{:.3f}"), ("success at end", "success_rate", "{:.3f}"),
+    ("success never exceeded", "success_never_exceeded_rate", "{:.3f}"),
+    ("no answer", "unparsed_rate", "{:.3f}"),
 ]
-CURVES = [("reward", "task reward (samples)"), ("divergence_mean", "mean C(y)"),
-          ("satisfaction_rate", "satisfaction rate"), ("lambda", "λ (lagrangian)")]
+PLAIN = [("start acc", "start_accuracy_sampled", "{:.3f}"), ("teacher acc", "teacher_accuracy_sampled", "{:.3f}"),
+         ("steps", "steps", "{:.0f}"), ("train s", "train_seconds", "{:.0f}")]
+# what the verdicts compare: (metric, higher is better, name)
+COMPARED = [("accuracy_sampled", True, "acc (sampled)"), ("satisfaction_rate", True, "satisfied at end"),
+            ("never_exceeded_rate", True, "never exceeded"), ("divergence_mean", False, "mean C(y)")]
+RESAMPLES = 2000
 
 
 def latest_judgement(run_dir: Path) -> str | None:
@@ -40,20 +50,6 @@ def latest_judgement(run_dir: Path) -> str | None:
     return text + (f" ({j['failed_rate']:.2f} failed)" if j.get("failed_rate") else "")
 
 
-def finished_runs(root: Path) -> list[tuple[Path, dict]]:
-    """(run directory, summary) of every finished run under ``root``, by method and threshold."""
-    runs = []
-    for path in sorted(root.rglob("summary.json")):
-        try:
-            summary = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            print(f"cdistill report: skipping unreadable {path}", file=sys.stderr)
-            continue
-        summary["judge"] = latest_judgement(path.parent)
-        runs.append((path.parent, summary))
-    return sorted(runs, key=lambda r: (r[1].get("method", ""), r[1].get("threshold", 0)))
-
-
 def command_of(run_dir: Path) -> str:
     """The command line that made a run, from the overrides Hydra recorded."""
     p = run_dir / ".hydra" / "overrides.yaml"
@@ -61,127 +57,201 @@ def command_of(run_dir: Path) -> str:
     return "cdistill train " + " ".join(overrides or []) if overrides is not None else "(not recorded)"
 
 
-def fmt(summary: dict, key: str, spec: str) -> str:
-    v = summary.get(key)
-    return "-" if v is None else spec.format(v)
+def intervals_of(groups: list[Group]) -> dict:
+    """``{(group index, metric): Interval or None}`` for every metric with per-problem records."""
+    out = {}
+    for i, g in enumerate(groups):
+        for _, metric, _ in WITH_INTERVALS:
+            m = g.matrix(metric)
+            out[(i, metric)] = group_interval(m, resamples=RESAMPLES) if m is not None else None
+    return out
 
 
-def table(runs: list[tuple[Path, dict]]) -> str:
-    head = "| " + " | ".join(c[0] for c in COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(fmt(s, k, f) for _, k, f in COLUMNS) + " |" for _, s in runs]
-    return "\n".join([head, sep, *body])
+def cell(interval: Interval | None, fallback: float | None, spec: str) -> str:
+    if interval is not None:
+        return f"{spec.format(interval.mean)} [{spec.format(interval.low)}, {spec.format(interval.high)}]"
+    return "-" if fallback is None else spec.format(fallback) + " (no interval)"
 
 
-MARKERS = "osD^vP*X"
+def table(groups: list[Group], intervals: dict) -> str:
+    cols = ["method", "settings", "constraint", "seeds", *(c for c, _, _ in WITH_INTERVALS), *(c for c, _, _ in PLAIN)]
+    rows = []
+    for i, g in enumerate(groups):
+        seeds = ",".join(str(s) for s in g.seeds) if all(s is not None for s in g.seeds) else str(len(g.runs))
+        row = [g.method, g.label or "-", g.constraint_text, seeds]
+        row += [cell(intervals[(i, m)], g.mean(m), f) for _, m, f in WITH_INTERVALS]
+        row += ["-" if g.mean(k) is None else f.format(g.mean(k)) for _, k, f in PLAIN]
+        rows.append(row)
+    return markdown(cols, rows)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def markdown(cols: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|",
+                      *("| " + " | ".join(r) + " |" for r in rows)])
 
 
-def pareto_axis(summaries: list[dict]) -> tuple[str, str]:
-    """The divergence to plot: C(y) when every run measures it the same way; otherwise (a weakest_link run
-    beside logratio runs, say) the sampled KL per token, which every run reports alike."""
-    if len({(s.get("cost"), s.get("kind")) for s in summaries}) <= 1:
-        return "divergence_mean", "mean divergence C(y) from the teacher (held-out samples)"
-    return "sampled_kl_per_token", "sampled KL per token to the teacher (runs differ in their constraint)"
+@dataclass
+class Comparison:
+    a: Group
+    b: Group
+    threshold: float  # the budget both are read at
+    seeds: list  # the seeds both have (paired by seed too); empty: seeds averaged first
+    diffs: dict  # metric -> Difference
 
 
-def plot_pareto(runs, out: Path) -> None:
-    """Accuracy against mean divergence: one marked curve per method, each point labelled by its budget.
-
-    Methods whose training ignores the budget (grpo, soft_penalty) give the same point at every d: such
-    coinciding points get one label listing their thresholds, and each method its own marker, so that a
-    point hidden under another method's stays visible.
-    """
-    plt = _pyplot()
-    x_key, x_label = pareto_axis([s for _, s in runs])
-    by_method = defaultdict(list)
-    for _, s in runs:
-        by_method[s["method"]].append(s)
-    fig, ax = plt.subplots(figsize=(6.8, 4.8))
-    for i, (method, ss) in enumerate(sorted(by_method.items())):
-        ss = sorted(ss, key=lambda s: (s[x_key], s["threshold"]))
-        ax.plot([s[x_key] for s in ss], [s["accuracy_sampled"] for s in ss], marker=MARKERS[i % 8],
-                markersize=9 - i % 5, fillstyle="none" if i % 2 else "full", label=method, alpha=0.85)
-        points = defaultdict(list)
-        for s in ss:
-            points[(round(s[x_key], 6), round(s["accuracy_sampled"], 6))].append(f"{s['threshold']:g}")
-        for (x, y), ds in points.items():
-            ax.annotate("d=" + ",".join(ds), (x, y), fontsize=7, textcoords="offset points",
-                        xytext=(5, 4 - 9 * (i % 2)))
-    starts = [s for _, s in runs if s.get("start_accuracy_sampled") is not None]
-    if starts:
-        ax.axhline(starts[0]["start_accuracy_sampled"], color="grey", ls=":", lw=1, label="student before RL")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (sampled)")
-    ax.set_title("accuracy against divergence, one curve per method")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+def pairs(groups: list[Group]) -> list[tuple[Group, Group, float]]:
+    """Which groups to compare, and at which budget: every cmdp group against every other group that measures
+    the same cost the same way (at cmdp's d, the other's constraint read again there), and any two other groups
+    under the same constraint (cost, kind and d)."""
+    out = []
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            if a.constraint != b.constraint:
+                continue
+            if a.method == "cmdp" or b.method == "cmdp":
+                first, second = (a, b) if a.method == "cmdp" else (b, a)
+                if first.method == second.method and first.threshold != second.threshold:
+                    continue  # two budgets of cmdp: their difference is the budget, not the method
+                out.append((first, second, first.threshold))
+            elif a.threshold == b.threshold:
+                out.append((a, b, a.threshold))
+    return out
 
 
-def plot_curves(runs, out: Path) -> None:
-    """Training curves, one colour per run across all panels."""
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab20")
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
-    handles = {}
-    for (key, title), ax in zip(CURVES, axes.flat, strict=True):
-        drawn = False
-        for i, (run_dir, s) in enumerate(runs):
-            metrics = run_dir / "metrics.jsonl"
-            rows = [r for r in (read_jsonl(metrics) if metrics.is_file() else [])
-                    if r.get(key) is not None and "reward" in r]
-            if rows:
-                drawn = True
-                label = f"{s['method']} d={s['threshold']:g}"
-                (line,) = ax.plot([r["step"] for r in rows], [r[key] for r in rows], lw=1, color=cmap(i % 20),
-                                  label=label)
-                handles.setdefault(label, line)
-        if not drawn:
-            ax.text(0.5, 0.5, "no run logs this", ha="center", va="center", transform=ax.transAxes, color="grey")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel("step")
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, max(1, len(handles))),
-               fontsize=7)
-    fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(handles) // 4), 1, 1))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+def compare(a: Group, b: Group, threshold: float) -> Comparison | None:
+    """Problem-by-problem differences a − b, paired by seed where both have it; None when the two did not
+    evaluate the same problems (or kept no per-problem records)."""
+    if a.questions() is None or a.questions() != b.questions():
+        return None
+    seeds = [s for s in a.seeds if s is not None and s in b.seeds]
+    diffs = {}
+    for metric, _, _ in COMPARED:
+        ma = a.matrix(metric, None if threshold == a.threshold else threshold, seeds or None)
+        mb = b.matrix(metric, None if threshold == b.threshold else threshold, seeds or None)
+        if ma is None or mb is None:  # records written before the metric existed
+            continue
+        if not seeds:  # unpaired seeds: compare the seed-averaged problems
+            ma, mb = ma.mean(0, keepdims=True), mb.mean(0, keepdims=True)
+        diffs[metric] = paired_difference(ma, mb, resamples=RESAMPLES)
+    return Comparison(a, b, threshold, seeds, diffs) if "accuracy_sampled" in diffs else None
 
 
-def write_report(root: Path, runs) -> str:
-    text = table(runs)
-    plot_pareto(runs, root / "pareto.png")
-    plot_curves(runs, root / "curves.png")
-    runs_md = "\n".join(f"- `{p.relative_to(root)}`: `{command_of(p)}`" for p, _ in runs)
-    (root / "report.md").write_text(
-        f"# cdistill report: {root}\n\n{text}\n\n![accuracy against divergence](pareto.png)\n\n"
-        f"![training curves](curves.png)\n\nRuns (directory: command; each holds its resolved `config.yaml`):\n\n"
-        f"{runs_md}\n")
-    cells = lambda row: "".join(f"<td>{html.escape(c.strip())}</td>" for c in row.strip("|").split("|"))  # noqa: E731
-    lines = text.splitlines()
-    rows_html = "".join(f"<tr>{cells(r)}</tr>" for r in lines[2:])
-    head_html = "".join(f"<th>{html.escape(c.strip())}</th>" for c in lines[0].strip("|").split("|"))
-    runs_html = "".join(f"<li><code>{html.escape(str(p.relative_to(root)))}</code>: "
-                        f"<code>{html.escape(command_of(p))}</code></li>" for p, _ in runs)
-    (root / "report.html").write_text(
-        f"<!doctype html><meta charset='utf-8'><title>cdistill report</title>"
-        f"<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}"
-        f"td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}</style>"
-        f"<h1>cdistill report</h1><p>{html.escape(str(root))}</p><table><tr>{head_html}</tr>{rows_html}</table>"
-        f"<p><img src='pareto.png'></p><p><img src='curves.png' width='900'></p><ul>{runs_html}</ul>")
-    return text
+def diff_cell(d: Difference, metric: str, higher: bool) -> str:
+    spec = "{:+.2f}" if metric == "divergence_mean" else "{:+.3f}"
+    floor = 1 / (RESAMPLES + 1)  # the smallest Monte Carlo p-value: say "below", not a number
+    p = f"p<{floor + 1e-9:.1g}" if not d.p_exact and d.p_value <= floor else f"p={d.p_value:.2g}"
+    return (f"{spec.format(d.mean)} [{spec.format(d.low)}, {spec.format(d.high)}] {p}: "
+            f"**{verdict(d, higher, 'A', 'B')}**")
+
+
+def verdict_table(comparisons: list[Comparison]) -> str:
+    cols = ["A", "B", "at d", "seeds paired", *(f"Δ {name} (A − B)" for _, _, name in COMPARED)]
+    rows = []
+    for c in comparisons:
+        rows.append([c.a.name, c.b.name, f"{c.threshold:g}", ",".join(map(str, c.seeds)) or "no (seed means)",
+                     *(diff_cell(c.diffs[m], m, hi) if m in c.diffs else "-" for m, hi, _ in COMPARED)])
+    return markdown(cols, rows)
+
+
+def matched(groups: list[Group], intervals: dict) -> list[tuple[Group, Group, str]]:
+    """The hard budget against the best fixed penalty at matched divergence: for each cmdp group, the
+    soft_penalty group with the highest sampled accuracy among those whose mean C(y) is within cmdp's interval
+    or below it; without one, the least divergent soft_penalty group (said so)."""
+    out = []
+    index = {id(g): i for i, g in enumerate(groups)}
+
+    def value(g, metric):
+        iv = intervals.get((index[id(g)], metric))
+        return iv.mean if iv else g.mean(metric)
+
+    for a in (g for g in groups if g.method == "cmdp"):
+        fixed = [g for g in groups if g.method == "soft_penalty" and g.constraint == a.constraint]
+        a_div = intervals.get((index[id(a)], "divergence_mean"))
+        if not fixed or a_div is None:
+            continue
+        within = [g for g in fixed if value(g, "divergence_mean") <= a_div.high]
+        if within:
+            best = max(within, key=lambda g: value(g, "accuracy_sampled"))
+            why = "the most accurate fixed penalty at most as divergent"
+        else:
+            best = min(fixed, key=lambda g: value(g, "divergence_mean"))
+            why = "no fixed penalty was as little divergent: the least divergent one"
+        out.append((a, best, why))
+    return out
+
+
+def write_report(root: Path, groups: list[Group]) -> str:
+    intervals = intervals_of(groups)
+    text = table(groups, intervals)
+    comparisons = [c for a, b, d in pairs(groups) if (c := compare(a, b, d)) is not None]
+    parts = [f"# cdistill report: {root}", "", "Means with 95% percentile-bootstrap intervals over seeds and "
+             f"evaluation problems ({RESAMPLES} resamples; one run: over its problems). Runs that differ only in "
+             "`seed` are one row. *satisfied at end*: C(y) <= d; *never exceeded*: no prefix's C_t above d (the "
+             "Sauté reading, under which cmdp forfeits the reward); *no answer*: completions from which no final "
+             "answer could be extracted.", "", text, ""]
+    if comparisons:
+        parts += ["## Paired verdicts", "",
+                  "Same problems, same sampling seeds: differences A − B problem by problem, paired by seed, with "
+                  "their 95% interval (over seeds and problems) and a paired sign-flip p-value (over problems). "
+                  "The verdict reads the interval: *A better* / *B better* when it excludes 0, otherwise *no "
+                  "detectable difference*. Both are read at A's budget d.", "", verdict_table(comparisons), ""]
+    best = matched(groups, intervals)
+    by_pair = {(id(c.a), id(c.b)): c for c in comparisons}
+    lines = []
+    for a, b, why in best:
+        c = by_pair.get((id(a), id(b)))
+        if c is not None:
+            acc = c.diffs["accuracy_sampled"]
+            lines.append(f"- **{a.name}** vs **{b.name}** ({why}): Δ acc {acc.mean:+.3f} [{acc.low:+.3f}, "
+                         f"{acc.high:+.3f}], Δ mean C(y) {c.diffs['divergence_mean'].mean:+.2f}: "
+                         f"**{verdict(acc, True, a.name, b.name)}** on accuracy")
+    if lines:
+        parts += ["## The hard budget against the best fixed penalty, at matched divergence", "", *lines, ""]
+    plot_pareto(groups, intervals, root / "pareto.png")
+    plot_curves(groups, root / "curves.png")
+    parts += ["![accuracy against divergence](pareto.png)", "", "![training curves](curves.png)", "",
+              "Runs (directory: command; each holds its resolved `config.yaml`):", ""]
+    for g in groups:
+        for r in g.runs:
+            judged = latest_judgement(r.path)
+            parts.append(f"- `{r.path.relative_to(root)}`: `{command_of(r.path)}`"
+                         + (f" (judge win/loss/tie {judged})" if judged else ""))
+    md = "\n".join(parts) + "\n"
+    (root / "report.md").write_text(md)
+    (root / "report.html").write_text(to_html(root, md))
+    return "\n\n".join(p for p in (text, verdict_table(comparisons) if comparisons else "", "\n".join(lines)) if p)
+
+
+def to_html(root: Path, md: str) -> str:
+    """The report as one HTML page: its tables as tables, its images inline, the rest as paragraphs."""
+    body, rows = [], []
+
+    def flush():
+        if rows:
+            head, *rest = rows
+            body.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rest)
+                        + "</table>")
+            rows.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if not line.startswith("|---"):
+                rows.append([c.strip().replace("**", "") for c in line.strip("|").split("|")])
+            continue
+        flush()
+        if line.startswith("!["):
+            src = line[line.index("(") + 1 : line.rindex(")")]
+            body.append(f"<p><img src='{html.escape(src)}' style='max-width:100%'></p>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.strip():
+            body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+    flush()
+    return ("<!doctype html><meta charset='utf-8'><title>cdistill report</title><style>body{font-family:sans-serif;"
+            "margin:2em}table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;"
+            "text-align:right}</style>" + "".join(body))
 
 
 def report_main(argv: list[str]) -> None:
@@ -196,5 +266,7 @@ def report_main(argv: list[str]) -> None:
     if not runs:
         print(f"cdistill: error: no finished run (summary.json) under {root}", file=sys.stderr)
         sys.exit(2)
-    print(write_report(root, runs))
-    print(f"\nwrote {root / 'report.md'}, report.html, pareto.png and curves.png")
+    groups = group_runs(runs)
+    print(write_report(root, groups))
+    print(f"\n{len(runs)} runs in {len(groups)} groups; wrote {root / 'report.md'}, report.html, pareto.png and "
+          "curves.png")

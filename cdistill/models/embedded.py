@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1  # bump when the build code changes what it produces
+RECIPE_VERSION = 2  # bump when the build code or the embedded task's generator changes what it produces (2: split by computation)
 SPECIAL = {"pad": "<|pad|>", "eos": "<|eos|>"}
 
 

@@ -30,7 +30,9 @@ class ConstraintStats:
     value: torch.Tensor  # [B] C(y); 0 for an empty completion
     violation_step: torch.Tensor  # [B] long: first t with z_t < 0, or −1 when never violated
     absorbed: torch.Tensor  # [B, T] bool: valid positions t ≥ violation_step
-    satisfied: torch.Tensor  # [B] bool: C(y) ≤ d
+    satisfied: torch.Tensor  # [B] bool: C(y) ≤ d (the constraint read at the end)
+    peak: torch.Tensor  # [B] the largest C_t that counts (every prefix; only C(y) for ``mean``): the budget is
+    #                     never exceeded on any prefix (the Sauté reading) iff peak ≤ d
 
 
 def prefix_statistic(kind: str, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -70,6 +72,7 @@ def constraint_stats(costs: torch.Tensor, mask: torch.Tensor, threshold: float, 
     violation_step = torch.where(any_over, first, torch.full_like(first, -1))
     pos = torch.arange(m.shape[1], device=m.device).expand_as(m)
     absorbed = any_over.unsqueeze(1) & (pos >= violation_step.unsqueeze(1)) & m
+    peak = value if kind == "mean" else torch.maximum(running.masked_fill(~m, float("-inf")).amax(dim=1), value)
     return ConstraintStats(
         running=running,
         increments=increments,
@@ -77,4 +80,5 @@ def constraint_stats(costs: torch.Tensor, mask: torch.Tensor, threshold: float, 
         violation_step=violation_step,
         absorbed=absorbed,
         satisfied=value <= threshold,
+        peak=peak,
     )

@@ -1,13 +1,21 @@
 """The embedded default task: synthetic multi-step arithmetic word problems in GSM8K's format.
 
-A problem is a short story of ``steps`` additions and subtractions; its solution is one worked line per
-step and a final ``#### N`` line, exactly like GSM8K's reference solutions, so the same answer
+A problem is a short story of ``steps`` additions and subtractions (never below zero); its solution is one
+worked line per step and a final ``#### N`` line, exactly like GSM8K's reference solutions, so the same answer
 extraction and verifier serve both. Everything is generated from a seed: no files, no network.
+
+The held-out split is held out by what the student must compute, not by wording: a problem's *computation*
+is its start value and its sequence of (operation, operand); a stable hash of the computation (and the seed)
+puts it in the held-out set with probability ``held_out_fraction``. The test split is one question per held-out
+computation; training problems are computations drawn uniformly from the others: both sides come from one
+distribution over computations (docs/tasks.md has the measured overlap).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import Counter
 
 NAMES = ["Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jin"]
 ITEMS = ["apples", "books", "coins", "pens", "cards", "shells", "stamps", "marbles"]
@@ -15,51 +23,144 @@ GAIN = ["finds {n} more", "buys {n} more", "gets {n} more"]
 LOSS = ["gives away {n}", "loses {n}", "sells {n}"]
 
 
-def make_problem(rng: random.Random, min_steps: int, max_steps: int, max_operand: int) -> dict:
-    """One problem as a GSM8K row: ``question`` and ``answer`` (worked lines, then ``#### N``)."""
+HELD_OUT_FRACTION = 0.3  # share of computations held out for the test split (docs/tasks.md: why 0.3)
+
+Computation = tuple[int, tuple[tuple[str, int], ...]]  # (start value, ((op, operand), ...)), op "+" or "-"
+
+
+def computation(row: dict) -> Computation:
+    """What a problem asks the student to compute, read from its worked solution."""
+    steps = [line.split() for line in row["answer"].split("\n") if not line.startswith("####")]
+    return int(steps[0][0]), tuple((op, int(b)) for _a, op, b, _eq, _c in steps)
+
+
+def computation_key(comp: Computation) -> str:
+    """The canonical text of a computation, e.g. ``7+5-3``."""
+    start, steps = comp
+    return f"{start}" + "".join(f"{op}{n}" for op, n in steps)
+
+
+def is_held_out(comp: Computation, seed: int, fraction: float = HELD_OUT_FRACTION) -> bool:
+    """Whether ``comp`` is held out: a stable hash of it (sha256, not Python's salted hash) below ``fraction``."""
+    digest = hashlib.sha256(f"arith-held-out-{seed}:{computation_key(comp)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def all_computations(min_steps: int, max_steps: int, max_operand: int) -> list[Computation]:
+    """Every computation ``make_problem`` can produce at this difficulty (values never go below zero)."""
+    out = []
+
+    def grow(start: int, value: int, steps: tuple) -> None:
+        if len(steps) >= min_steps:
+            out.append((start, steps))
+        if len(steps) == max_steps:
+            return
+        for n in range(1, max_operand + 1):
+            grow(start, value + n, (*steps, ("+", n)))
+            if n <= value:
+                grow(start, value - n, (*steps, ("-", n)))
+
+    for start in range(1, max_operand + 1):
+        grow(start, start, ())
+    return out
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"task.held_out_fraction must be between 0 and 1 (exclusive), got {fraction}")
+
+
+def render(rng: random.Random, comp: Computation) -> dict:
+    """A problem (a GSM8K row) that asks for ``comp``, in a random wording: name, item and verbs."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    value = rng.randint(1, max_operand)
-    story = [f"{name} has {value} {item}."]
-    lines = []
-    for _ in range(rng.randint(min_steps, max_steps)):
-        n = rng.randint(1, max_operand)
-        if rng.random() < 0.5 or n > value:  # never below zero: the story must make sense
-            story.append(f"Then {name} {rng.choice(GAIN).format(n=n)}.")
-            lines.append(f"{value} + {n} = {value + n}")
-            value += n
-        else:
-            story.append(f"Then {name} {rng.choice(LOSS).format(n=n)}.")
-            lines.append(f"{value} - {n} = {value - n}")
-            value -= n
+    value, steps = comp
+    story, lines = [f"{name} has {value} {item}."], []
+    for op, n in steps:
+        verbs = GAIN if op == "+" else LOSS
+        story.append(f"Then {name} {rng.choice(verbs).format(n=n)}.")
+        after = value + n if op == "+" else value - n
+        lines.append(f"{value} {op} {n} = {after}")
+        value = after
     story.append(f"How many {item} does {name} have now?")
     return {"question": " ".join(story), "answer": "\n".join(lines) + f"\n#### {value}"}
 
 
-def split(seed: int, n_test: int, min_steps: int, max_steps: int, max_operand: int) -> tuple[list[str], list[dict]]:
-    """The fixed held-out split: ``n_test`` distinct problems from a seed of their own.
+def split(seed: int, n_test: int, min_steps: int, max_steps: int, max_operand: int,
+          held_out_fraction: float = HELD_OUT_FRACTION) -> tuple[list[str], list[dict]]:
+    """The fixed held-out split: one question for each held-out computation (``n_test`` of them, in a seeded
+    order; 0: all), each in a random wording.
 
-    Returns the set of held-out questions (so training never samples them) and the rows.
+    One question per computation makes every test problem an independent draw of what is being measured (a
+    computation the student never trained on): several wordings of one computation would be graded almost
+    alike, and a bootstrap over problems would count them as independent evidence. The test's problems are
+    therefore spread uniformly over computations (mostly two-step ones: there are far more of those), not drawn
+    like the training problems (half one-step). Returns the sorted questions and the rows.
     """
+    _check_fraction(held_out_fraction)
+    held = [c for c in all_computations(min_steps, max_steps, max_operand) if is_held_out(c, seed, held_out_fraction)]
+    if n_test > len(held):
+        raise ValueError(f"only {len(held)} computations are held out at this difficulty (task.held_out_fraction="
+                         f"{held_out_fraction}), one test question each: lower task.n_test to at most {len(held)}")
     rng = random.Random(f"arith-test-{seed}")
-    rows, seen = [], set()
-    tries = 0
-    while len(rows) < n_test:
-        row = make_problem(rng, min_steps, max_steps, max_operand)
-        tries += 1
-        if tries > 100 * n_test:
-            raise ValueError(f"cannot draw {n_test} distinct test problems at this difficulty")
-        if row["question"] not in seen:
-            seen.add(row["question"])
-            rows.append(row)
-    return sorted(seen), rows
+    rng.shuffle(held)
+    rows = [render(rng, c) for c in held[: n_test or len(held)]]
+    return sorted(r["question"] for r in rows), rows
 
 
-def train_rows(seed: int, n: int, held_out: set[str], min_steps: int, max_steps: int, max_operand: int) -> list[dict]:
-    """``n`` training problems (repeats allowed, held-out questions never)."""
+def train_rows(seed: int, n: int, held_out: set[str], min_steps: int, max_steps: int, max_operand: int,
+               held_out_fraction: float = HELD_OUT_FRACTION) -> list[dict]:
+    """``n`` training problems: each a computation drawn uniformly from those not held out (repeats allowed) in a
+    random wording, never one of the ``held_out`` questions. Training and test problems thus come from one
+    distribution over computations, split by computation."""
+    _check_fraction(held_out_fraction)
+    pool = [c for c in all_computations(min_steps, max_steps, max_operand)
+            if not is_held_out(c, seed, held_out_fraction)]
+    if not pool:
+        raise ValueError(f"every computation at this difficulty is held out (task.held_out_fraction="
+                         f"{held_out_fraction}): nothing is left to train on")
     rng = random.Random(f"arith-train-{seed}")
     rows = []
     while len(rows) < n:
-        row = make_problem(rng, min_steps, max_steps, max_operand)
+        row = render(rng, rng.choice(pool))
         if row["question"] not in held_out:
             rows.append(row)
     return rows
+
+
+def measure_split(train: list[dict], test: list[dict], seed: int | None = None,
+                  held_out_fraction: float = HELD_OUT_FRACTION, difficulty: tuple[int, int, int] | None = None,
+                  ) -> dict:
+    """How much of the test split the training rows already show (docs/tasks.md reports these numbers).
+
+    ``computation_in_train``: share of test problems whose computation occurs in training (0 by construction);
+    ``solution_in_train``: share whose whole worked solution occurs verbatim as a training solution;
+    ``steps_prefix_in_train``: share whose worked lines (without ``####``) begin some training solution;
+    ``every_step_line_in_train``: share each of whose step lines ("7 + 5 = 12") occurs in some training solution;
+    ``distinct_test_computations`` and ``distinct_test_questions``: how varied the test split is;
+    ``effective_test_size``: (sum n_c)^2 / sum n_c^2 over the test's computations c (n_c problems each), the
+    number of independent problems the split is worth if correctness depended on the computation alone. With ``seed``
+    and ``difficulty`` (min_steps, max_steps, max_operand): how many computations exist and are held out.
+    """
+    def lines(r: dict) -> list[str]:
+        return [ln for ln in r["answer"].split("\n") if not ln.startswith("####")]
+
+    train_comps = {computation(r) for r in train}
+    train_solutions = {r["answer"] for r in train}
+    train_lines = {ln for r in train for ln in lines(r)}
+    train_prefixes = {"\n".join(lines(r)[:k]) for r in train for k in range(1, len(lines(r)) + 1)}
+    n = len(test)
+    out = {
+        "test_problems": n,
+        "computation_in_train": sum(computation(r) in train_comps for r in test) / n,
+        "solution_in_train": sum(r["answer"] in train_solutions for r in test) / n,
+        "steps_prefix_in_train": sum("\n".join(lines(r)) in train_prefixes for r in test) / n,
+        "every_step_line_in_train": sum(all(ln in train_lines for ln in lines(r)) for r in test) / n,
+        "distinct_test_computations": len({computation(r) for r in test}),
+        "distinct_test_questions": len({r["question"] for r in test}),
+        "effective_test_size": n * n / sum(k * k for k in Counter(computation(r) for r in test).values()),
+    }
+    if seed is not None and difficulty is not None:
+        every = all_computations(*difficulty)
+        out["computations"] = len(every)
+        out["held_out_computations"] = sum(is_held_out(c, seed, held_out_fraction) for c in every)
+    return out

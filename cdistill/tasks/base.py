@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cdistill.jsonl import read_jsonl as read_rows
 from cdistill.tasks import arith
-from cdistill.tasks.verifier import grade, last_boxed
+from cdistill.tasks.verifier import check_mode, extract_answer, grade, last_boxed
 
 
 class TaskError(ValueError):
@@ -64,13 +64,23 @@ def load_rows(source: str, split: str, hub_config: str | None = None) -> list[di
 
 
 class Task:
-    """Train and test problems, the prompt text for a problem, and the reward of a completion."""
+    """Train and test problems, the prompt text for a problem, and the reward of a completion.
+
+    ``answer_extraction`` (strict | flexible) and ``answer_format`` (gsm8k | math) say how a final answer is
+    read from a completion (cdistill/tasks/verifier.py, docs/tasks.md).
+    """
 
     def __init__(self, name: str, train: list[Problem], test: list[Problem], template: str,
-                 use_chat_template: bool | str = False):
+                 use_chat_template: bool | str = False, answer_extraction: str = "strict",
+                 answer_format: str = "gsm8k"):
         if not train or not test:
             raise TaskError(f"task {name!r} has an empty split (train {len(train)}, test {len(test)})")
+        try:
+            check_mode(answer_extraction, answer_format)
+        except ValueError as e:
+            raise TaskError(f"task {name!r}: {e}") from None
         self.name, self.train, self.test, self.template = name, train, test, template
+        self.answer_extraction, self.answer_format = answer_extraction, answer_format
         self.use_chat_template = use_chat_template
         self.chat_tokenizer = None
         # plain prompts get the tokenizer's special tokens (a BOS for Llama); chat-templated text has them
@@ -92,18 +102,63 @@ class Task:
         return self.chat_tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
+    @property
+    def extraction(self) -> str:
+        """The answer-extraction mode, ``strict`` or ``flexible`` (for reports)."""
+        return self.answer_extraction
+
+    def extract(self, completion: str) -> str | None:
+        """The completion's final answer (normalised) in this task's extraction mode, or None."""
+        return extract_answer(completion, self.answer_extraction, self.answer_format)
+
     def reward(self, completion: str, problem: Problem) -> float:
-        return grade(completion, problem.gold)
+        return grade(completion, problem.gold, self.answer_extraction, self.answer_format)
+
+
+def _is_local(source: str) -> bool:
+    return source.endswith(".jsonl") or Path(source).exists()
+
+
+def check_no_train_on_test(cfg) -> None:
+    """Refuse training and test rows from the same source, unless ``task.allow_train_on_test=true``.
+
+    Same source: the same local file (resolved path; a file has no splits), or the same hub dataset, config and
+    split. Only identical sources are caught, not overlapping ones (a local copy of a hub split, a sub-slice).
+    """
+    if cfg.get("allow_train_on_test", False):
+        return
+    train, test = cfg.train_source or cfg.source, cfg.test_source or cfg.source
+    if _is_local(train) or _is_local(test):
+        same = _is_local(train) and _is_local(test) and Path(train).resolve() == Path(test).resolve()
+        what = f"the file {Path(test).resolve()}"
+    else:
+        hub_config = cfg.get("hub_config")  # one key serves both splits
+        same = (train.casefold(), cfg.train_split) == (test.casefold(), cfg.test_split)
+        what = f"{test}{f' config {hub_config}' if hub_config else ''} split {cfg.test_split}"
+    if same:
+        raise TaskError(f"task {cfg.name!r} would train on its test rows ({what}): point task.train_source at "
+                        "training rows, or set task.allow_train_on_test=true")
 
 
 def build_task(cfg) -> Task:
     """A Task from the ``task`` config group (see conf/task/*.yaml)."""
+    mode = cfg.get("answer_extraction", "strict")
+    try:
+        check_mode(mode, cfg.answer_format)
+    except ValueError as e:
+        raise TaskError(f"task {cfg.name!r}: {e}") from None
     if cfg.source == "embedded":
         d = cfg.difficulty
-        held, test_rows = arith.split(cfg.seed, cfg.n_test, d.min_steps, d.max_steps, d.max_operand)
-        train_rows = arith.train_rows(cfg.seed, cfg.n_train, set(held), d.min_steps, d.max_steps, d.max_operand)
+        fraction = cfg.get("held_out_fraction", arith.HELD_OUT_FRACTION)
+        try:
+            held, test_rows = arith.split(cfg.seed, cfg.n_test, d.min_steps, d.max_steps, d.max_operand, fraction)
+            train_rows = arith.train_rows(cfg.seed, cfg.n_train, set(held), d.min_steps, d.max_steps,
+                                          d.max_operand, fraction)
+        except ValueError as e:
+            raise TaskError(str(e)) from None
         rows = {"train": train_rows, "test": test_rows}
     else:
+        check_no_train_on_test(cfg)
         rows = {
             "train": load_rows(cfg.train_source or cfg.source, cfg.train_split, cfg.get("hub_config")),
             "test": load_rows(cfg.test_source or cfg.source, cfg.test_split, cfg.get("hub_config")),
@@ -113,4 +168,5 @@ def build_task(cfg) -> Task:
     test = probs["test"]
     if cfg.n_test and len(test) > cfg.n_test:
         test = random.Random(cfg.seed).sample(test, cfg.n_test)
-    return Task(cfg.name, probs["train"], test, cfg.prompt_template, cfg.get("use_chat_template", False))
+    return Task(cfg.name, probs["train"], test, cfg.prompt_template, cfg.get("use_chat_template", False),
+                mode, cfg.answer_format)

@@ -1,16 +1,43 @@
 """The task reward: extract a final answer from a completion and check it against the gold answer.
 
-Plain numbers (the whole of GSM8K and the embedded task) are compared exactly as numbers, which is fast
-and needs no parser; anything else (fractions, LaTeX, intervals) goes to math-verify. math-verify
-enforces its timeout with signals, which only works in the main thread: the training loop grades there.
+Extraction has two modes (docs/tasks.md):
+
+* ``strict``: the task's own answer format only. ``answer_format="gsm8k"``: the first ``#### X`` line;
+  ``answer_format="math"``: the last ``\\boxed{X}``.
+* ``flexible``: an ordered fallback, the first step that yields an answer wins:
+  1. the strict format;
+  2. the last ``\\boxed{X}``;
+  3. the last "final answer is[:] X" / "the answer is[:] X" / "Answer: X" (X: the rest of that line up to the
+     end of its sentence, or the next non-empty line, or a whole display ``\\[...\\]``; markdown bold, ``$...$``,
+     ``\\(...\\)`` and a trailing period are removed);
+  4. the last number in the completion (like lm-evaluation-harness's gsm8k "flexible-extract").
+
+Extracted and gold answers are normalised the same way (``normalize``: ``\\$``, ``$``, ``\\text{...}`` units,
+``%``, ``\\!``, ``^\\circ``, thousands commas, ``**``, a trailing period), then compared: as numbers when both are
+plain numbers (exact, fast, no parser), as equal strings, else by math-verify (fractions, LaTeX, intervals).
+math-verify enforces its timeout with signals, which only works in the main thread: the training loop grades
+there.
 """
 
 from __future__ import annotations
 
 import re
 
-_FINAL = re.compile(r"####\s*([^\n]*)")
+MODES = ("strict", "flexible")
+ANSWER_FORMATS = ("gsm8k", "math")
+
+_FINAL = re.compile(r"####[ \t]*([^\n#][^\n]*)")  # a run of #s (an untrained model's ####...#) is no answer
 _NUMBER = re.compile(r"^[-+]?\$?\s*[-+]?(\d[\d,]*)(\.\d+)?\s*$")
+# "final answer is: X", "The final answer: X", "the answer is X", "Answer: X", "**Answer:** X" (case-insensitive)
+_PHRASE = re.compile(r"\b(?:final|the)\s+answer\s+is\b\s*:?|\banswer\s*\**\s*:", re.IGNORECASE)
+_ANY_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|\bI hope it is correct", re.IGNORECASE)
+_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+# a unit ending an answer, after a number: 5.4 \text{ cents}, \frac{270}7\text{ degrees}, 864 \mbox{ inches}^2
+_UNIT = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?\s*$")
+_WRAPPER = re.compile(r"\\(?:text|mbox|textbf|mathrm)\{([^{}]*)\}")
+# a leading number followed by words: "72 apples", "72, which is the total"
+_NUMBER_THEN_WORDS = re.compile(r"^([-+]?\d[\d,]*(?:\.\d+)?)(?:\s+|\s*,\s*)[A-Za-z]{2,}[^\\\d]*$")
 
 
 def last_boxed(text: str) -> str | None:
@@ -32,12 +59,103 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The model's final answer: the first ``#### X`` line, else the last ``\\boxed{X}``, else None."""
-    m = _FINAL.search(text)
-    if m and m.group(1).strip():
-        return m.group(1).strip()
-    return last_boxed(text)
+def check_mode(mode: str, answer_format: str = "gsm8k") -> None:
+    """Raise ValueError (one line) for an unknown extraction mode or answer format."""
+    if mode not in MODES:
+        raise ValueError(f"unknown answer_extraction {mode!r}; expected one of {', '.join(MODES)}")
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"unknown answer_format {answer_format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
+
+
+def _closing_brace(s: str, i: int) -> int | None:
+    """Index of the brace that closes the ``{`` at ``s[i]``, or None."""
+    depth = 0
+    for j in range(i, len(s)):
+        depth += {"{": 1, "}": -1}.get(s[j], 0)
+        if depth == 0:
+            return j
+    return None
+
+
+def _strip_outer(s: str) -> str:
+    """Remove wrappers around a whole answer: ``\\(...\\)``, ``\\[...\\]``, ``\\boxed{...}``, ``**``, a final period."""
+    prev = None
+    while s != prev:
+        prev = s
+        s = s.strip().strip("*").strip()
+        for a, b in (("\\(", "\\)"), ("\\[", "\\]")):
+            if s.startswith(a) and s.endswith(b):
+                s = s[len(a) : -len(b)]
+        if s.startswith("\\boxed{") and _closing_brace(s, len("\\boxed")) == len(s) - 1:
+            s = s[len("\\boxed{") : -1]
+        s = s.rstrip(".").strip()
+    return s
+
+
+def normalize(answer: str) -> str:
+    """The comparable form of an answer (applied to extracted and gold answers alike; idempotent)."""
+    s = answer.replace("\\$", "").replace("$", "").replace("**", "")
+    s = _strip_outer(s)
+    s = re.sub(r",\\!\s*", ",", s).replace("\\!", "")
+    s = _UNIT.sub("", s)
+    s = _WRAPPER.sub(lambda m: m.group(1).strip(), s)
+    s = s.replace("\\%", "").replace("%", "")
+    s = re.sub(r"\^\s*\{?\\circ\}?", "", s).replace("\\degree", "")
+    s = _strip_outer(s)
+    m = _NUMBER_THEN_WORDS.match(s)
+    if m:
+        s = m.group(1)
+    if _THOUSANDS.match(s):
+        s = s.replace(",", "")
+    return s.strip()
+
+
+def _hash_line(text: str) -> str | None:
+    for m in _FINAL.finditer(text):
+        if m.group(1).strip():
+            return m.group(1).strip()
+    return None
+
+
+def _phrase(text: str) -> str | None:
+    """The value after the last "final answer is" / "the answer is" / "Answer:": the rest of its line up to the
+    end of the sentence (the next non-empty line when the phrase ends its line; a display ``\\[...\\]`` or
+    ``$$...$$`` whole)."""
+    matches = list(_PHRASE.finditer(text))
+    if not matches:
+        return None
+    last = matches[-1]
+    rest = text[last.end() :].lstrip("*: \t")
+    if rest.startswith("\n"):  # "The answer is:\n\n72": the next non-empty line
+        rest = rest.lstrip()
+    for a, b in (("\\[", "\\]"), ("$$", "$$")):
+        if rest.startswith(a) and b in rest[len(a) :]:
+            return rest[len(a) : rest.index(b, len(a))]
+    line = rest.split("\n", 1)[0]
+    end = _SENTENCE_END.search(line)
+    return line[: end.start()] if end else line
+
+
+def _last_number(text: str) -> str | None:
+    found = _ANY_NUMBER.findall(text)
+    return found[-1].rstrip(",") if found else None
+
+
+def extract_answer(text: str, mode: str = "strict", answer_format: str = "gsm8k") -> str | None:
+    """The completion's final answer, normalised (``normalize``), or None when none can be extracted.
+
+    ``strict``: the format of ``answer_format`` only; ``flexible``: the ordered fallback in the module doc.
+    """
+    check_mode(mode, answer_format)
+    strict = _hash_line if answer_format == "gsm8k" else last_boxed
+    steps = [strict] if mode == "strict" else [strict, last_boxed, _phrase, _last_number]
+    for step in steps:
+        raw = step(text)
+        if raw is not None:
+            ans = normalize(raw)
+            if ans:
+                return ans
+    return None
 
 
 def _as_number(s: str) -> float | None:
@@ -50,12 +168,22 @@ def _as_number(s: str) -> float | None:
         return None
 
 
+def _has_words(s: str) -> bool:
+    """Whether ``s`` has an English word (two or more letters) outside LaTeX commands."""
+    return re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", "", s)) is not None
+
+
 def answers_match(pred: str | None, gold: str, timeout_seconds: int = 5) -> bool:
     if pred is None:
         return False
+    pred, gold = normalize(pred), normalize(gold)
     a, b = _as_number(pred), _as_number(gold)
     if a is not None and b is not None:
         return abs(a - b) <= 1e-9 * max(1.0, abs(b))  # exact up to float noise, at any magnitude
+    if pred and pred == gold:
+        return True
+    if _has_words(pred) and not _has_words(gold):  # "72 (or 73)": a hedge, not an answer math-verify may pick from
+        return False
     from math_verify import parse, verify
 
     def wrap(s: str) -> str:
@@ -69,6 +197,6 @@ def answers_match(pred: str | None, gold: str, timeout_seconds: int = 5) -> bool
         return False
 
 
-def grade(completion: str, gold: str) -> float:
-    """1.0 if the completion's final answer equals ``gold``, else 0.0."""
-    return float(answers_match(extract_answer(completion), gold))
+def grade(completion: str, gold: str, mode: str = "strict", answer_format: str = "gsm8k") -> float:
+    """1.0 if the completion's final answer (extracted in ``mode``) equals ``gold``, else 0.0."""
+    return float(answers_match(extract_answer(completion, mode, answer_format), gold))

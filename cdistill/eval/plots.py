@@ -1,0 +1,129 @@
+"""The report's figures: accuracy against divergence with intervals on both axes, and training curves of the
+student's own samples, smoothed, with a band across seeds."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from cdistill.eval.replicates import Group, metric_rows
+from cdistill.eval.stats import Interval, band, smooth
+
+MARKERS = "osD^vP*X"
+CURVES = [("reward", "task reward (student's samples)"), ("divergence_mean", "mean C(y)"),
+          ("satisfaction_rate", "satisfied at the end"), ("lambda", "λ (lagrangian)")]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pareto_axis(summaries: list[dict]) -> tuple[str, str]:
+    """The divergence to plot: C(y) when every run measures it the same way; otherwise (a weakest_link run
+    beside logratio runs, say) the sampled KL per token, which every run reports alike."""
+    if len({(s.get("cost"), s.get("kind")) for s in summaries}) <= 1:
+        return "divergence_mean", "mean divergence C(y) from the teacher (held-out samples)"
+    return "sampled_kl_per_token", "sampled KL per token to the teacher (runs differ in their constraint)"
+
+
+def plot_pareto(groups: list[Group], intervals: dict, out: Path) -> None:
+    """Accuracy against mean divergence: one marked curve per method, a point per group with its 95% interval
+    on both axes, labelled by what sets the group apart (its budget, its penalty).
+
+    ``intervals[(group index, metric)]`` holds each group's Interval (None without per-problem records: the
+    point is drawn without bars). Methods whose training ignores the budget give the same point at every d:
+    coinciding points get one label, and each method its own marker so that a hidden point stays visible.
+    """
+    plt = _pyplot()
+    x_key, x_label = pareto_axis([g.first for g in groups])
+    by_method = defaultdict(list)
+    for i, g in enumerate(groups):
+        by_method[g.method].append(i)
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    for m, (method, idx) in enumerate(sorted(by_method.items())):
+        pts = []
+        for i in idx:
+            x, y = intervals.get((i, x_key)), intervals.get((i, "accuracy_sampled"))
+            xm = x.mean if x else groups[i].mean(x_key)
+            ym = y.mean if y else groups[i].mean("accuracy_sampled")
+            if xm is None or ym is None:
+                continue
+            pts.append((xm, ym, x, y, groups[i]))
+        pts.sort(key=lambda p: p[0])
+        if not pts:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        xerr = _errors(pts, 2)
+        yerr = _errors(pts, 3)
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker=MARKERS[m % 8], markersize=8 - m % 4, capsize=3, lw=1,
+                    elinewidth=0.8, fillstyle="none" if m % 2 else "full", label=method, alpha=0.85)
+        labels = defaultdict(list)
+        for xm, ym, _, _, g in pts:
+            labels[(round(xm, 6), round(ym, 6))].append(g.label or f"d={g.threshold:g}")
+        for (x, y), names in labels.items():
+            ax.annotate("; ".join(names), (x, y), fontsize=6.5, textcoords="offset points", xytext=(5, 4 - 9 * (m % 2)))
+    starts = [g.mean("start_accuracy_sampled") for g in groups if g.mean("start_accuracy_sampled") is not None]
+    if starts:
+        ax.axhline(starts[0], color="grey", ls=":", lw=1, label="student before training")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("accuracy (sampled)")
+    ax.set_title("accuracy against divergence (means, 95% intervals over seeds and problems)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _errors(pts, k: int):
+    """Asymmetric error bars (below, above) from the points' intervals; zero where a point has none."""
+    lows = [p[k].mean - p[k].low if isinstance(p[k], Interval) else 0.0 for p in pts]
+    highs = [p[k].high - p[k].mean if isinstance(p[k], Interval) else 0.0 for p in pts]
+    return np.array([lows, highs])
+
+
+def plot_curves(groups: list[Group], out: Path, window: int = 10) -> None:
+    """Training curves, one colour per group: the mean over its seeds of each run's trailing moving average
+    (``window`` steps), with the band between the lowest and highest seed."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    handles = {}
+    for (key, title), ax in zip(CURVES, axes.flat, strict=True):
+        drawn = False
+        for i, g in enumerate(groups):
+            curves = [metric_rows(r.path, key) for r in g.runs]
+            curves = [(s, smooth(v, window)) for s, v in curves if len(v)]
+            if not curves:
+                continue
+            n = min(len(v) for _, v in curves)  # a run that stopped early shortens the band, not the mean
+            steps = curves[0][0][:n]
+            mean, low, high = band([v[:n] for _, v in curves])
+            color = cmap(i % cmap.N)
+            name = f"{g.name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+            (line,) = ax.plot(steps, mean, lw=1.2, color=color, label=name)
+            if len(curves) > 1:
+                ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
+            handles.setdefault(name, line)
+            drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "no run logs this on its own samples", ha="center", va="center",
+                    transform=ax.transAxes, color="grey")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("step")
+    fig.suptitle(f"training curves: mean of {window}-step moving averages over seeds, band = seeds' range",
+                 fontsize=9)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, max(1, len(handles))),
+               fontsize=7)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(handles) // 3), 1, 0.97))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
