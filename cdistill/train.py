@@ -320,6 +320,7 @@ def finish(run: Run, state: LoopState, train_seconds: float) -> dict:
     if not dist.is_main:
         return {}
     summary = {"method": run.method.name, "threshold": cfg.constraint.threshold, "steps": cfg.optim.steps,
+               "trains_on_budget": run.method.trains_on_budget,
                "train_seconds": train_seconds, "bad_steps": state.bad_steps, "method_state": run.method.state_dict(),
                "processes": dist.world, "sharding": dist.kind, "teacher_sharded": isinstance(parts.teacher, Sharded),
                **final}

@@ -76,6 +76,7 @@ def replicate(root, name, *, method="soft_penalty", seed=0, penalty=0.1, d=10.0,
     (run / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     flat = [x for c in correct for x in c]
     summary = {"method": method, "threshold": d, "cost": "logratio", "kind": "sum",
+               "trains_on_budget": method not in ("soft_penalty", "grpo"),
                "accuracy_sampled": sum(flat) / len(flat), "divergence_mean": 1.0, "steps": 3}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
@@ -141,3 +142,16 @@ def test_the_never_exceeded_reading_differs_from_the_end_reading_with_signed_cos
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[7].startswith("1.000") and cells[8].startswith("0.000")  # satisfied at end, never exceeded
     assert cells[9].startswith("1.000") and cells[10].startswith("0.000")  # success under each reading
+
+
+def test_budget_trained_methods_are_compared_only_at_the_same_budget(tmp_path):
+    from cdistill.eval.report import pairs
+
+    row = {"correct": [[1]] * 3, "divergence": [[1.0]] * 3}
+    replicate(tmp_path, "c5", method="cmdp", d=5.0, **row)
+    replicate(tmp_path, "c10", method="cmdp", d=10.0, **row)
+    replicate(tmp_path, "l10", method="lagrangian", d=10.0, **row)
+    replicate(tmp_path, "s", method="soft_penalty", d=10.0, **row)
+    found = {(a.name, b.name, d) for a, b, d in pairs(group_runs(finished_runs(tmp_path)))}
+    assert found == {("cmdp d=5", "soft_penalty d=10", 5.0), ("cmdp d=10", "soft_penalty d=10", 10.0),
+                     ("cmdp d=10", "lagrangian d=10", 10.0), ("lagrangian d=10", "soft_penalty d=10", 10.0)}

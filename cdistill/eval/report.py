@@ -100,21 +100,20 @@ class Comparison:
 
 
 def pairs(groups: list[Group]) -> list[tuple[Group, Group, float]]:
-    """Which groups to compare, and at which budget: every cmdp group against every other group that measures
-    the same cost the same way (at cmdp's d, the other's constraint read again there), and any two other groups
-    under the same constraint (cost, kind and d)."""
+    """Which groups to compare, and at which budget, among groups that measure the same cost the same way: any
+    two at the same d; and a cmdp group against every group whose training never reads d (soft_penalty, grpo,
+    ...: ``trains_on_budget`` false in its summary) at cmdp's d, the other's constraint read again there. Two
+    groups trained on different budgets are not compared: their difference is the budget, not the method."""
     out = []
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
             if a.constraint != b.constraint:
                 continue
-            if a.method == "cmdp" or b.method == "cmdp":
-                first, second = (a, b) if a.method == "cmdp" else (b, a)
-                if first.method == second.method and first.threshold != second.threshold:
-                    continue  # two budgets of cmdp: their difference is the budget, not the method
+            first, second = (b, a) if b.method == "cmdp" and a.method != "cmdp" else (a, b)
+            if a.threshold == b.threshold:
                 out.append((first, second, first.threshold))
-            elif a.threshold == b.threshold:
-                out.append((a, b, a.threshold))
+            elif first.method == "cmdp" and not second.first.get("trains_on_budget", True):
+                out.append((first, second, first.threshold))
     return out
 
 

@@ -47,6 +47,9 @@ class Method:
     conditions_on_budget = False
     # set by ``seqkd``: trains on the teacher's solutions, generated once per prompt and cached
     uses_cached_teacher_solutions = False
+    # unset by methods whose training never reads the budget d (a report compares them with cmdp at cmdp's d,
+    # and two budget-trained methods only at the same d)
+    trains_on_budget = True
 
     def source(self, step: int) -> Source:
         """Where this step's completions come from (``rollout.sources.Source``): the student's own samples

@@ -16,6 +16,7 @@ from cdistill.rollout.source import Source
 
 class GKD(Method):
     name = "gkd"
+    trains_on_budget = False
     needs_teacher_hidden = True
 
     def __init__(self, cfg, constraint, optim, **kwargs):

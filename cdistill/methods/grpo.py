@@ -6,6 +6,7 @@ from cdistill.objectives import Scored, terminal_reward
 
 class GRPO(Method):
     name = "grpo"
+    trains_on_budget = False
 
     def advantages(self, b: Scored):
         return self.normalize(terminal_reward(b.task_reward, b.mask), b.mask, b.group_size)

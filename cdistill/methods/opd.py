@@ -13,6 +13,7 @@ ESTIMATORS = ("sampled", "full")
 
 class OPD(Method):
     name = "opd"
+    trains_on_budget = False
 
     def __init__(self, cfg, constraint, optim, **kwargs):
         super().__init__(cfg, constraint, optim, **kwargs)

@@ -9,6 +9,7 @@ from cdistill.rollout.source import Source
 
 class SFT(Method):
     name = "sft"
+    trains_on_budget = False
 
     def source(self, step: int) -> Source:
         return Source.REFERENCE

@@ -6,6 +6,7 @@ from cdistill.objectives import Scored, constraint_stats, soft_penalty_rewards
 
 class SoftPenalty(Method):
     name = "soft_penalty"
+    trains_on_budget = False
 
     def advantages(self, b: Scored):
         rewards = soft_penalty_rewards(b.task_reward, b.stats, b.mask, self.cfg.penalty)

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 2  # bump when the build code or the embedded task's generator changes what it produces (2: split by computation)
+# bump when the build code or the embedded task's generator changes what it produces (2: split by computation)
+RECIPE_VERSION = 2
 SPECIAL = {"pad": "<|pad|>", "eos": "<|eos|>"}
 
 
