@@ -177,3 +177,16 @@ def test_a_run_of_hashes_is_no_answer_in_strict_mode():
     # an untrained model's '##########' must count as unparsed, not as the answer '######'
     assert extract_answer("##########", "strict", "gsm8k") is None
     assert extract_answer("2 + 3 = 5\n#### 5", "strict", "gsm8k") == "5"
+
+
+@pytest.mark.parametrize(("completion", "gold", "right"), [
+    ("The answer is 72 because 8 x 9 = 72.", "72", 1.0),  # the justification after the answer is not the answer
+    ("So the answer is 72, since 8 * 9 = 72.", "72", 1.0),
+    ("Let me find the answer: first 3+4=7, then 7*2=14", "14", 1.0),  # "answer:" in prose is not a label
+    ("Answer:\n1. Ava has 5.\n2. She gets 3, so she has 8.", "8", 1.0),  # a worked list, not the answer "1"
+    ("the answer is 3 or more", "3", 0.0),  # a hedge is not the answer
+    ("The answer is 1 million", "1", 0.0),  # nor is a magnitude
+    ("The answer is 72 apples.", "72", 1.0),
+])
+def test_flexible_mode_reads_the_stated_answer_not_its_justification(completion, gold, right):
+    assert grade(completion, gold, "flexible", "gsm8k") == right

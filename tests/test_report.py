@@ -1,6 +1,7 @@
 """``cdistill report`` over a directory of finished runs."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -102,8 +103,9 @@ def test_a_group_reports_the_mean_over_seeds_and_problems_with_an_interval_that_
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "0,1"
     mean, low, high = (float(x) for x in cells[4].replace("[", "").replace("]", "").replace(",", "").split())
-    # every problem is alike, so the interval is over the two seeds alone: resampled means are 0.5, 0.75 or 1
-    assert (mean, low, high) == (0.75, 0.5, 1.0)
+    # every problem is alike, so the interval is over the two seeds alone: seed means 0.5 and 1, a standard error
+    # of 0.25 and Student's t at one degree of freedom (12.706): two seeds say little
+    assert (mean, low, high) == (0.75, round(0.75 - 12.7062 * 0.25, 3), round(0.75 + 12.7062 * 0.25, 3))
 
 
 def test_paired_verdict_names_the_better_method_and_reads_satisfaction_at_cmdps_budget(tmp_path, capsys):
@@ -155,3 +157,14 @@ def test_budget_trained_methods_are_compared_only_at_the_same_budget(tmp_path):
     found = {(a.name, b.name, d) for a, b, d in pairs(group_runs(finished_runs(tmp_path)))}
     assert found == {("cmdp d=5", "soft_penalty d=10", 5.0), ("cmdp d=10", "soft_penalty d=10", 10.0),
                      ("cmdp d=10", "lagrangian d=10", 10.0), ("lagrangian d=10", "soft_penalty d=10", 10.0)}
+
+
+def test_a_run_repeating_a_seed_is_left_out_with_a_warning_not_counted_twice(tmp_path, capsys):
+    row = {"correct": [[1, 0]] * 3, "divergence": [[1.0, 1.0]] * 3}
+    replicate(tmp_path, "old", seed=0, **row)
+    replicate(tmp_path, "new", seed=0, **row)
+    replicate(tmp_path, "other", seed=1, **row)
+    os.utime(tmp_path / "old" / "summary.json", (1, 1))  # the older of the two seed-0 runs
+    (group,) = group_runs(finished_runs(tmp_path))
+    assert sorted(r.path.name for r in group.runs) == ["new", "other"]
+    assert "old repeats seed 0" in capsys.readouterr().err

@@ -26,3 +26,20 @@ def test_bench_dry_run_prints_the_plan_for_every_contender():
     assert r.returncode == 0, r.stderr[-2000:]
     for name in ("cdistill_cmdp", "cdistill_cmdp_token_kl", "cdistill_soft_penalty", "trl_grpo", "trl_distillation"):
         assert name in r.stdout
+
+
+def test_compare_script_runs_every_method_over_its_grid_and_reports_the_matched_divergence_verdict(tmp_path):
+    import os
+
+    from helpers import TINY
+
+    sweep = tmp_path / "compare"
+    env = {**os.environ, "BUDGETS": "5", "PENALTIES": "0.1,1", "SEEDS": "0,1", "SWEEP_DIR": str(sweep)}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "compare.sh"), *TINY, f"paths.cache={tmp_path / 'cache'}"],
+                       capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(list(sweep.glob("*/summary.json"))) == 8  # cmdp, lagrangian at d=5 and two penalties, 2 seeds each
+    md = (sweep / "report.md").read_text()
+    assert "8 runs in 4 groups" in r.stdout
+    assert "## Paired verdicts" in md and "## The hard budget against the best fixed penalty" in md
+    assert "comparison finished in" in r.stdout

@@ -167,7 +167,9 @@ def test_training_on_the_test_rows_is_refused_unless_allowed(tmp_path, monkeypat
     hint = r"point task.train_source at training rows, or set task.allow_train_on_test=true"
     with pytest.raises(TaskError, match=r"task 'math500' would train on its test rows \(HuggingFaceH4/MATH-500 "
                                         r"split test\): " + re.escape(hint)):
-        build_task(task_cfg("math500"))  # the default: MATH-500's own test split, no network needed to refuse
+        # training on MATH-500 itself (it has only a test split): refused before any loading, no network needed
+        build_task(task_cfg("math500", "task.train_split=test"))
+    assert task_cfg("math500").train_split == "train"  # of a task.train_source with MATH training rows
     p = tmp_path / "rows.jsonl"
     p.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n")
     monkeypatch.chdir(tmp_path)
@@ -178,9 +180,16 @@ def test_training_on_the_test_rows_is_refused_unless_allowed(tmp_path, monkeypat
         build_task(task_cfg("gsm8k", "task.source=OpenAI/GSM8K", "task.train_split=test"))
     task = build_task(task_cfg("gsm8k", f"task.source={p}", "task.allow_train_on_test=true"))
     assert task.train == task.test
+    # a copy of the test file under another name: caught by its questions (whitespace and case aside)
     other = tmp_path / "train.jsonl"
-    other.write_text(p.read_text())
-    assert len(build_task(task_cfg("gsm8k", f"task.train_source={other}", f"task.test_source={p}")).train) == 1
+    other.write_text(json.dumps({"question": "what is  2 + 3?", "answer": "#### 5"}) + "\n"
+                     + json.dumps({"question": "What is 4 + 4?", "answer": "#### 8"}) + "\n")
+    with pytest.raises(TaskError, match=r"1 of 1 test questions occur in the training rows \(first: 'What is 2 \+ "
+                                        r"3\?'\): train on rows without them, or set task.allow_train_on_test=true"):
+        build_task(task_cfg("gsm8k", f"task.train_source={other}", f"task.test_source={p}"))
+    allowed = build_task(task_cfg("gsm8k", f"task.train_source={other}", f"task.test_source={p}",
+                                  "task.allow_train_on_test=true"))
+    assert len(allowed.train) == 2
 
 
 @pytest.mark.parametrize("name", ["arith", "gsm8k", "math500"])

@@ -57,7 +57,7 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
         weights.append(len(chunk))
         tokens.append(int(scored.mask.sum()))
         values.append(scored.stats.value)
-        per_problem.append(scored.task_reward.double().view(len(chunk), ev.samples).mean(1))
+        per_problem.append(scored.task_reward.detach().cpu().double().view(len(chunk), ev.samples).mean(1))
         if with_samples:
             records += sample_records(chunk, greedy.texts, greedy_correct, greedy_answers, sampled.texts, answers,
                                       scored, ev.samples)

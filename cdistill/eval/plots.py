@@ -103,9 +103,12 @@ def plot_curves(groups: list[Group], out: Path, window: int = 10) -> None:
             curves = [(s, smooth(v, window)) for s, v in curves if len(v)]
             if not curves:
                 continue
-            n = min(len(v) for _, v in curves)  # a run that stopped early shortens the band, not the mean
-            steps = curves[0][0][:n]
-            mean, low, high = band([v[:n] for _, v in curves])
+            # the steps every seed logged (gkd's on-policy steps differ from seed to seed; a run that stopped early
+            # ends the band)
+            steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+            if not steps:
+                continue
+            mean, low, high = band([v[np.isin(s, steps)] for s, v in curves])
             color = cmap(i % cmap.N)
             name = f"{g.name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
             (line,) = ax.plot(steps, mean, lw=1.2, color=color, label=name)

@@ -99,7 +99,7 @@ class Group:
 
     @property
     def name(self) -> str:
-        return f"{self.method} {self.label}".strip() if self.label else f"{self.method} d={self.threshold:g}"
+        return f"{self.method} d={self.threshold:g}" + (f" {self.label}" if self.label else "")
 
     @property
     def seeds(self) -> list:
@@ -162,9 +162,16 @@ def group_runs(runs: list[Run]) -> list[Group]:
     """Replicate groups (runs equal up to seed and resource keys), each with a label naming the settings that
     differ between groups, in a stable order: by method, threshold, label."""
     by_key: dict[str, list[Run]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: (r.path / "summary.json").stat().st_mtime, reverse=True):
         key = json.dumps(r.config, sort_keys=True) if r.config else str(r.path)
-        by_key.setdefault(key, []).append(r)
+        same = by_key.setdefault(key, [])
+        if r.seed is not None and any(o.seed == r.seed for o in same):
+            # a run repeated with the same seed is the same sample again (runs are deterministic per seed): counting
+            # it twice would narrow the interval; the newest run of that seed is kept
+            print(f"cdistill report: {r.path} repeats seed {r.seed} of a newer run of the same configuration; "
+                  "left out", file=sys.stderr)
+            continue
+        same.append(r)
     groups = [Group(sorted(rs, key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0, str(r.path))))
               for rs in by_key.values()]
     for g in groups:

@@ -5,8 +5,9 @@ Reads only what runs wrote (``summary.json``, ``config.yaml``, ``eval_samples.js
 Hydra ``.hydra/overrides.yaml``), so it works on any finished sweep, and writes ``report.md``, ``report.html``,
 ``pareto.png`` and ``curves.png`` into that directory.
 
-The intervals are 95% percentile-bootstrap intervals over seeds and problems (``cdistill.eval.stats``): one
-run's interval comes from its evaluation problems alone.
+The intervals are 95% intervals over seeds and problems (``cdistill.eval.stats.group_interval``: the variance
+of the mean from the seed means and from the problem means, Student's t at Welch–Satterthwaite's degrees of
+freedom); one run's interval comes from its evaluation problems alone.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ PLAIN = [("start acc", "start_accuracy_sampled", "{:.3f}"), ("teacher acc", "tea
 # what the verdicts compare: (metric, higher is better, name)
 COMPARED = [("accuracy_sampled", True, "acc (sampled)"), ("satisfaction_rate", True, "satisfied at end"),
             ("never_exceeded_rate", True, "never exceeded"), ("divergence_mean", False, "mean C(y)")]
-RESAMPLES = 2000
+RESAMPLES = 2000  # random sign patterns of the paired test (beyond 16 problems)
 
 
 def latest_judgement(run_dir: Path) -> str | None:
@@ -63,8 +64,17 @@ def intervals_of(groups: list[Group]) -> dict:
     for i, g in enumerate(groups):
         for _, metric, _ in WITH_INTERVALS:
             m = g.matrix(metric)
-            out[(i, metric)] = group_interval(m, resamples=RESAMPLES) if m is not None else None
+            out[(i, metric)] = _safely(group_interval, m, what=f"{g.name}: {metric}") if m is not None else None
     return out
+
+
+def _safely(fn, *args, what: str):
+    """``fn(*args)``, or None with a warning when a run's records hold something it cannot use (NaN, nothing)."""
+    try:
+        return fn(*args)
+    except ValueError as e:
+        print(f"cdistill report: no interval for {what} ({e})", file=sys.stderr)
+        return None
 
 
 def cell(interval: Interval | None, fallback: float | None, spec: str) -> str:
@@ -131,7 +141,9 @@ def compare(a: Group, b: Group, threshold: float) -> Comparison | None:
             continue
         if not seeds:  # unpaired seeds: compare the seed-averaged problems
             ma, mb = ma.mean(0, keepdims=True), mb.mean(0, keepdims=True)
-        diffs[metric] = paired_difference(ma, mb, resamples=RESAMPLES)
+        diff = _safely(paired_difference, ma, mb, what=f"{a.name} vs {b.name}: {metric}")
+        if diff is not None:
+            diffs[metric] = diff
     return Comparison(a, b, threshold, seeds, diffs) if "accuracy_sampled" in diffs else None
 
 
@@ -154,8 +166,8 @@ def verdict_table(comparisons: list[Comparison]) -> str:
 
 def matched(groups: list[Group], intervals: dict) -> list[tuple[Group, Group, str]]:
     """The hard budget against the best fixed penalty at matched divergence: for each cmdp group, the
-    soft_penalty group with the highest sampled accuracy among those whose mean C(y) is within cmdp's interval
-    or below it; without one, the least divergent soft_penalty group (said so)."""
+    soft_penalty group with the highest sampled accuracy among those whose mean C(y) is not above cmdp's
+    interval for it; without one, the least divergent soft_penalty group (said so)."""
     out = []
     index = {id(g): i for i, g in enumerate(groups)}
 
@@ -171,7 +183,7 @@ def matched(groups: list[Group], intervals: dict) -> list[tuple[Group, Group, st
         within = [g for g in fixed if value(g, "divergence_mean") <= a_div.high]
         if within:
             best = max(within, key=lambda g: value(g, "accuracy_sampled"))
-            why = "the most accurate fixed penalty at most as divergent"
+            why = "the most accurate fixed penalty whose mean C(y) is not above cmdp's interval"
         else:
             best = min(fixed, key=lambda g: value(g, "divergence_mean"))
             why = "no fixed penalty was as little divergent: the least divergent one"
@@ -183,15 +195,17 @@ def write_report(root: Path, groups: list[Group]) -> str:
     intervals = intervals_of(groups)
     text = table(groups, intervals)
     comparisons = [c for a, b, d in pairs(groups) if (c := compare(a, b, d)) is not None]
-    parts = [f"# cdistill report: {root}", "", "Means with 95% percentile-bootstrap intervals over seeds and "
-             f"evaluation problems ({RESAMPLES} resamples; one run: over its problems). Runs that differ only in "
+    parts = [f"# cdistill report: {root}", "", "Means with 95% intervals over seeds and evaluation problems "
+             "(the variance of the mean from seed means and from problem means, Student's t at Welch–Satterthwaite's "
+             "degrees of freedom; one run: over its problems). Runs that differ only in "
              "`seed` are one row. *satisfied at end*: C(y) <= d; *never exceeded*: no prefix's C_t above d (the "
              "Sauté reading, under which cmdp forfeits the reward); *no answer*: completions from which no final "
              "answer could be extracted.", "", text, ""]
     if comparisons:
         parts += ["## Paired verdicts", "",
                   "Same problems, same sampling seeds: differences A − B problem by problem, paired by seed, with "
-                  "their 95% interval (over seeds and problems) and a paired sign-flip p-value (over problems). "
+                  "their 95% interval (over seeds and problems, as above) and a paired sign-flip p-value (over "
+                  "problems only, seeds averaged). "
                   "The verdict reads the interval: *A better* / *B better* when it excludes 0, otherwise *no "
                   "detectable difference*. Both are read at A's budget d.", "", verdict_table(comparisons), ""]
     best = matched(groups, intervals)

@@ -92,9 +92,9 @@ def split(seed: int, n_test: int, min_steps: int, max_steps: int, max_operand: i
 
     One question per computation makes every test problem an independent draw of what is being measured (a
     computation the student never trained on): several wordings of one computation would be graded almost
-    alike, and a bootstrap over problems would count them as independent evidence. The test's problems are
-    therefore spread uniformly over computations (mostly two-step ones: there are far more of those), not drawn
-    like the training problems (half one-step). Returns the sorted questions and the rows.
+    alike, and an interval over problems would count them as independent evidence. Like the training problems
+    (``train_rows``), the test's are spread uniformly over computations (mostly two-step ones: there are far more
+    of those). Returns the sorted questions and the rows.
     """
     _check_fraction(held_out_fraction)
     held = [c for c in all_computations(min_steps, max_steps, max_operand) if is_held_out(c, seed, held_out_fraction)]

@@ -140,6 +140,21 @@ def check_no_train_on_test(cfg) -> None:
                         "training rows, or set task.allow_train_on_test=true")
 
 
+def check_no_shared_questions(name: str, train: list[Problem], test: list[Problem]) -> None:
+    """Refuse test problems whose question occurs among the training rows (whitespace and case aside): what
+    ``check_no_train_on_test`` cannot see from the names, such as a copy of the test file or a training set that
+    contains the test set (hendrycks MATH's test split holds all of MATH-500)."""
+    def key(q: str) -> str:
+        return " ".join(q.split()).casefold()
+
+    seen = {key(p.question) for p in train}
+    shared = [p.question for p in test if key(p.question) in seen]
+    if shared:
+        first = " ".join(shared[0].split())
+        raise TaskError(f"task {name!r}: {len(shared)} of {len(test)} test questions occur in the training rows "
+                        f"(first: {first[:60]!r}): train on rows without them, or set task.allow_train_on_test=true")
+
+
 def build_task(cfg) -> Task:
     """A Task from the ``task`` config group (see conf/task/*.yaml)."""
     mode = cfg.get("answer_extraction", "strict")
@@ -165,6 +180,8 @@ def build_task(cfg) -> Task:
         }
     fields = {"question": cfg.fields.question, "solution": cfg.fields.solution}
     probs = {k: [row_to_problem(r, fields, cfg.answer_format) for r in v] for k, v in rows.items()}
+    if not cfg.get("allow_train_on_test", False):
+        check_no_shared_questions(cfg.name, probs["train"], probs["test"])
     test = probs["test"]
     if cfg.n_test and len(test) > cfg.n_test:
         test = random.Random(cfg.seed).sample(test, cfg.n_test)

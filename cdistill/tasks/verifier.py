@@ -29,7 +29,11 @@ ANSWER_FORMATS = ("gsm8k", "math")
 _FINAL = re.compile(r"####[ \t]*([^\n#][^\n]*)")  # a run of #s (an untrained model's ####...#) is no answer
 _NUMBER = re.compile(r"^[-+]?\$?\s*[-+]?(\d[\d,]*)(\.\d+)?\s*$")
 # "final answer is: X", "The final answer: X", "the answer is X", "Answer: X", "**Answer:** X" (case-insensitive)
-_PHRASE = re.compile(r"\b(?:final|the)\s+answer\s+is\b\s*:?|\banswer\s*\**\s*:", re.IGNORECASE)
+# "Answer:" counts at the start of a line only (after markdown bold): "Let me find the answer: first ..." is prose
+_PHRASE = re.compile(r"\b(?:final|the)\s+answer\s+is\b\s*:?|(?:^|\n)[ \t]*\**[ \t]*answer\s*\**\s*:", re.IGNORECASE)
+# where a stated answer's sentence goes on to justify it: "72 because 8 x 9 = 72", "72, since ..."
+_CONNECTIVE = re.compile(r",?\s+\b(?:because|since|as|which|so|but|given|from|after|when|if)\b", re.IGNORECASE)
+_LIST_ITEM = re.compile(r"(?:\d+[.)]|[-*•])\s")
 _ANY_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|\bI hope it is correct", re.IGNORECASE)
 _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
@@ -37,7 +41,10 @@ _THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _UNIT = re.compile(r"(?<=[\d}])\s*\\(?:text|mbox|mathrm)\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?\s*$")
 _WRAPPER = re.compile(r"\\(?:text|mbox|textbf|mathrm)\{([^{}]*)\}")
 # a leading number followed by words: "72 apples", "72, which is the total"
-_NUMBER_THEN_WORDS = re.compile(r"^([-+]?\d[\d,]*(?:\.\d+)?)(?:\s+|\s*,\s*)[A-Za-z]{2,}[^\\\d]*$")
+# (not a hedge or a magnitude: "3 or more", "1 million", "5 to 6" stay whole, and are not a plain number)
+_NUMBER_THEN_WORDS = re.compile(r"^([-+]?\d[\d,]*(?:\.\d+)?)(?:\s+|\s*,\s*)(?!(?:or|and|to|more|less|fewer|plus|minus|"
+                                r"times|hundred|thousand|million|billion|trillion|percent)\b)[A-Za-z]{2,}[^\\\d]*$",
+                                re.IGNORECASE)
 
 
 def last_boxed(text: str) -> str | None:
@@ -128,12 +135,18 @@ def _phrase(text: str) -> str | None:
     rest = text[last.end() :].lstrip("*: \t")
     if rest.startswith("\n"):  # "The answer is:\n\n72": the next non-empty line
         rest = rest.lstrip()
+        if _LIST_ITEM.match(rest):  # "Answer:\n1. Ava has 5 ...": a worked list, not a stated answer
+            return None
     for a, b in (("\\[", "\\]"), ("$$", "$$")):
         if rest.startswith(a) and b in rest[len(a) :]:
             return rest[len(a) : rest.index(b, len(a))]
     line = rest.split("\n", 1)[0]
     end = _SENTENCE_END.search(line)
-    return line[: end.start()] if end else line
+    value = line[: end.start()] if end else line
+    cut = _CONNECTIVE.search(value)
+    value = value[: cut.start()] if cut else value
+    # words and an equation: a derivation ("first 3+4=7, then 7*2=14"), not a stated answer: the next step reads it
+    return None if "=" in value and _has_words(value) else value
 
 
 def _last_number(text: str) -> str | None:
