@@ -33,8 +33,9 @@ WITH_INTERVALS = [
     ("success never exceeded", "success_never_exceeded_rate", "{:.3f}"),
     ("no answer", "unparsed_rate", "{:.3f}"),
 ]
-PLAIN = [("start acc", "start_accuracy_sampled", "{:.3f}"), ("teacher acc", "teacher_accuracy_sampled", "{:.3f}"),
-         ("steps", "steps", "{:.0f}"), ("train s", "train_seconds", "{:.0f}")]
+PLAIN = [("start acc (mean)", "start_accuracy_sampled", "{:.3f}"),
+         ("teacher acc (mean)", "teacher_accuracy_sampled", "{:.3f}"), ("steps", "steps", "{:.0f}"),
+         ("train s", "train_seconds", "{:.0f}")]
 # what the verdicts compare: (metric, higher is better, name)
 COMPARED = [("accuracy_sampled", True, "acc (sampled)"), ("satisfaction_rate", True, "satisfied at end"),
             ("never_exceeded_rate", True, "never exceeded"), ("divergence_mean", False, "mean C(y)")]
