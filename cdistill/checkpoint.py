@@ -4,7 +4,9 @@
 scheduler, method state, every RNG, the prompt stream's position) and ``state.json`` (step, config
 fingerprint, the start-of-run evaluations), plus copies of ``metrics.jsonl`` and ``evals.jsonl`` as they
 stood at that step. A checkpoint is written under a temporary name, fsynced, then renamed: a directory
-named ``step-*`` is always complete, whatever kills the run.
+named ``step-*`` is always complete, whatever kills the run. ``checksums.json`` records every file's sha256, and a
+checkpoint is checked against it before it is trusted: ``resume=auto`` passes over a damaged one (a copy cut
+short, a disk error) to the newest intact one.
 
 Under several processes the main process writes all of that, and every rank adds ``rank<i>.pt``: its own
 RNG states and prompt stream (ranks sample different prompts), and under FSDP its shard of the optimiser
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -28,6 +31,8 @@ from cdistill.models.loading import save_student
 
 DIR = "checkpoints"
 PREFIX = "step-"
+CHECKSUMS = "checksums.json"  # sha256 of every other file of the checkpoint, written last before sealing
+log = logging.getLogger(__name__)
 # keys that do not change what a run computes: a resumed run may differ in them
 VOLATILE = ("resume", "overwrite", "debug", "logging", "checkpoint", "guards", "save_student")
 
@@ -103,6 +108,7 @@ def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state
                 shutil.copyfile(Path(run_dir) / name, tmp / name)
     dist.barrier()  # every rank's file is in before the directory is sealed
     if dist.is_main:
+        write_checksums(tmp)
         _fsync_tree(tmp)
         if final.exists():  # a checkpoint of the same step from before a crash: replaced whole
             shutil.rmtree(final)
@@ -112,6 +118,41 @@ def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(path: Path) -> None:
+    """Record the sha256 of every file of a checkpoint being written, so that a copy cut short or corrupted
+    later (a full disk, a bad transfer) is caught before it is trusted."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != CHECKSUMS)
+    sums = {str(p.relative_to(path)): _sha256(p) for p in files}
+    (path / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+
+
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be trusted (a file missing or not matching its checksum), or None
+    when it is intact. A checkpoint written before checksums were recorded cannot be checked and is trusted."""
+    record = path / CHECKSUMS
+    if not record.is_file():
+        return None
+    try:
+        sums = json.loads(record.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return f"its {CHECKSUMS} is unreadable"
+    for name, want in sums.items():
+        p = path / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if _sha256(p) != want:
+            return f"{name} does not match its checksum (cut short or corrupted)"
+    return None
 
 
 def complete(run_dir: Path) -> list[Path]:
@@ -124,17 +165,31 @@ def complete(run_dir: Path) -> list[Path]:
 
 
 def find(resume, run_dir: Path) -> Path | None:
-    """The checkpoint that ``resume`` names: ``auto`` = the newest of ``run_dir`` (None if there is none),
-    or an explicit checkpoint directory, which must exist."""
+    """The checkpoint that ``resume`` names: ``auto`` = the newest intact one of ``run_dir`` (None if there is
+    none; a damaged newer one is passed over, in one logged line), or an explicit checkpoint directory, which must
+    exist and be intact."""
     if resume in (None, False, ""):
         return None
     if resume == "auto":
         found = complete(run_dir)
-        return found[-1] if found else None
+        for path in reversed(found):
+            problem = damage(path)
+            if problem is None:
+                return path
+            older = "an older one" if path != found[0] else "none left"
+            log.warning("checkpoint %s is damaged: %s; trying %s", path, problem, older)
+        if found:
+            raise CheckpointError(f"every checkpoint under {Path(run_dir) / DIR} is damaged; start over with "
+                                  "overwrite=true or point resume= at an intact copy")
+        return None
     path = Path(str(resume))
     if not (path / "state.json").is_file():
         raise CheckpointError(f"resume={resume}: no checkpoint there (expected a {DIR}/{PREFIX}* directory "
                               "with state.json)")
+    problem = damage(path)
+    if problem is not None:
+        raise CheckpointError(f"resume={resume}: the checkpoint is damaged ({problem}); resume from an intact "
+                              "one (resume=auto takes the newest intact checkpoint of the run)")
     return path
 
 

@@ -103,6 +103,47 @@ def test_a_killed_checkpoint_write_leaves_no_checkpoint_behind(tmp_path, cache):
     assert checkpoint.find("auto", run).name == "step-000002"
 
 
+def test_resume_auto_passes_over_a_damaged_checkpoint_and_ends_as_an_uninterrupted_run(tmp_path, cache, caplog):
+    import shutil
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    cfg = tiny_cfg(tmp_path, "optim.steps=4", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
+                   cache=cache)
+    train(cfg, straight)
+    # the same run "killed" after its step-3 checkpoint, whose trainer.pt was then cut short (a full disk, a bad copy)
+    broken = tmp_path / "broken"
+    shutil.copytree(straight, broken)
+    for name in ("summary.json", "eval.json", "eval_samples.jsonl", "student"):
+        shutil.rmtree(broken / name) if (broken / name).is_dir() else (broken / name).unlink()
+    newest = broken / "checkpoints" / "step-000003"
+    data = (newest / "trainer.pt").read_bytes()
+    (newest / "trainer.pt").write_bytes(data[: len(data) // 2])
+    assert "trainer.pt does not match its checksum" in checkpoint.damage(newest)
+    with pytest.raises(checkpoint.CheckpointError, match=r"the checkpoint is damaged \(trainer.pt does not match"):
+        checkpoint.find(str(newest), broken)  # named explicitly: refused in one line
+    with caplog.at_level("WARNING", logger="cdistill.checkpoint"):
+        train(tiny_cfg(tmp_path, "optim.steps=4", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
+                       "resume=auto", cache=cache), broken)
+    assert any("step-000003 is damaged" in r.message and "trying an older one" in r.message for r in caplog.records)
+    a = load_file(str(straight / "student" / "model.safetensors"))
+    b = load_file(str(broken / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resumed from step 2: the same weights, bitwise
+    assert records(straight) == records(broken)
+
+
+def test_resume_auto_refuses_when_every_checkpoint_is_damaged(tmp_path, cache):
+    run = tmp_path / "run"
+    run.mkdir()
+    train(tiny_cfg(tmp_path, "optim.steps=2", "checkpoint.every=1", "eval.at_start=false", cache=cache), run)
+    (only,) = checkpoint.complete(run)
+    (only / "state.json").write_text((only / "state.json").read_text() + " ")
+    with pytest.raises(checkpoint.CheckpointError, match="every checkpoint under .* is damaged"):
+        checkpoint.find("auto", run)
+    (only / "checksums.json").unlink()  # written by an older cdistill: cannot be checked, so trusted
+    assert checkpoint.find("auto", run) == only
+
+
 def nan_loss_at(steps_to_poison):
     """Patch for ``clipped_policy_loss`` that returns a NaN loss while the step counter is in the set."""
     import cdistill.train as tr
