@@ -29,8 +29,18 @@ def fail(msg: str, debug: bool = False, exc: BaseException | None = None, code: 
     if debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
         if exc is not None:
             raise exc
-    print(f"cdistill: error: {msg}", file=sys.stderr)
+    say_error(f"cdistill: error: {msg}")
     sys.exit(code)
+
+
+def say_error(line: str) -> None:
+    """``line`` on stderr in one write: under a multi-process launch every rank may report the same error at once,
+    and an unbuffered stream would write the text and its newline separately, interleaving the ranks' lines."""
+    try:
+        sys.stderr.flush()
+        os.write(sys.stderr.fileno(), (line + "\n").encode())
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (captured in tests)
+        print(line, file=sys.stderr)
 
 
 def guarded(fn):
@@ -91,6 +101,9 @@ def _eval(cfg: DictConfig):
                         ("samples", "eval.samples"), ("device", "device")):
         if cfg[key] is not None:
             OmegaConf.update(run_cfg, target, cfg[key])
+    from cdistill.config import validate
+
+    validate(run_cfg)  # the run's config with this command's overrides (n_problems, samples, device)
     checkpoint = cfg.checkpoint or str(run_dir / "student")
     if not Path(checkpoint).is_dir():
         raise UserError(f"no student checkpoint at {checkpoint}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from cdistill.methods import METHODS, build_method
 from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import BASELINES, SCALES
@@ -14,7 +16,17 @@ class ConfigError(ValueError):
 def _number(value, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(value):  # a NaN compares false with everything and would pass every range check
+        raise ConfigError(f"{key} must be a finite number, got {value}")
     return float(value)
+
+
+def _count(section, name: str, keys: tuple[str, ...]) -> None:
+    """Whole numbers of at least 1 (problems, samples, batch sizes)."""
+    for key in keys:
+        v = section[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name}.{key} must be a whole number of at least 1, got {v!r}")
 
 
 def _positive(section, name: str, keys: tuple[str, ...]) -> None:
@@ -36,6 +48,12 @@ def validate(cfg) -> None:
     if _number(c.threshold, "constraint.threshold") <= 0:  # every cost is a divergence: d ≤ 0 is infeasible
         raise ConfigError(f"constraint.threshold must be positive, got {c.threshold}")
     _positive(cfg.rollout, "rollout", ("max_new_tokens", "prompts_per_step", "samples_per_prompt", "temperature"))
+    if not 0 < _number(cfg.rollout.top_p, "rollout.top_p") <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    _count(cfg.eval, "eval", ("n_problems", "samples", "batch_size"))
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be a whole number, got {cfg.seed!r}")
+    _device(cfg.device)
     _positive(cfg.optim, "optim", ("steps", "inner_epochs", "micro_batch", "lr"))
     _positive(cfg.scoring, "scoring", ("chunk", "micro_batch"))
     o = cfg.optim
@@ -49,7 +67,13 @@ def validate(cfg) -> None:
         method = build_method(cfg.method, cfg.constraint, cfg.optim)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if method.group_relative and o.adv_baseline == "group" and cfg.rollout.samples_per_prompt < 2:
+        raise ConfigError(f"rollout.samples_per_prompt={cfg.rollout.samples_per_prompt} with {method.name}: each "
+                          "completion is its group's own baseline, so every advantage is 0 and nothing is learned; "
+                          "use at least 2 (or optim.adv_baseline=none)")
     _rollout_backend(cfg.rollout, method)
+    for role in ("student", "teacher"):
+        _model_address(cfg.model[role].name_or_path, f"model.{role}.name_or_path")
     q = cfg.model.teacher.get("quantization")
     if q:
         from cdistill.models.loading import ModelError, quantization_config
@@ -58,6 +82,30 @@ def validate(cfg) -> None:
             quantization_config(q, None)
         except ModelError as e:
             raise ConfigError(f"model.teacher.quantization: {e}") from None
+
+
+def _model_address(name, key: str) -> None:
+    """A local path that does not exist, said as such (transformers would call it a malformed hub id). Hub ids
+    are ``name`` or ``org/name``; anything absolute, relative (``./``, ``../``, ``~``) or deeper is a path."""
+    from pathlib import Path
+
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{key} must be a Hugging Face id or a local path, got {name!r}")
+    if name.split(":")[0] in ("embedded", "package", "truncated"):
+        return
+    local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if local and not Path(name).expanduser().exists():
+        raise ConfigError(f"{key}: no such model directory {name}")
+
+
+def _device(device) -> None:
+    if not isinstance(device, str) or not (device in ("auto", "cpu") or device.split(":")[0] == "cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device} but no CUDA device is available here; use device=auto or device=cpu")
 
 
 def _rollout_backend(r, method) -> None:

@@ -49,11 +49,42 @@ def train(tmp_path, *overrides):
                                           "one of none, token, sequence"),
     ("resume=/nonexistent/ckpt", "cdistill: error: resume=/nonexistent/ckpt: no checkpoint there (expected a "
                                  "checkpoints/step-* directory with state.json)"),
+    # values that used to train silently or crash later (issue 16)
+    ("constraint.threshold=nan", "cdistill: error: constraint.threshold must be a finite number, got nan"),
+    ("rollout.samples_per_prompt=1", "cdistill: error: rollout.samples_per_prompt=1 with cmdp: each completion is "
+                                     "its group's own baseline, so every advantage is 0 and nothing is learned"),
+    ("rollout.top_p=1.5", "cdistill: error: rollout.top_p must be in (0, 1], got 1.5"),
+    ("rollout.top_p=0", "cdistill: error: rollout.top_p must be in (0, 1], got 0"),
+    ("eval.n_problems=0", "cdistill: error: eval.n_problems must be a whole number of at least 1, got 0"),
+    ("seed=1.5", "cdistill: error: seed must be a whole number, got 1.5"),
+    ("device=tpu", "cdistill: error: device must be auto, cpu or cuda[:N], got 'tpu'"),
+    ("model.student.name_or_path=/nonexistent/model", "cdistill: error: model.student.name_or_path: no such model "
+                                                      "directory /nonexistent/model"),
 ])
 def test_bad_values_are_one_line_before_anything_is_built(tmp_path, override, message):
     line = one_line_error(train(tmp_path, override))
     assert line.startswith(message), line
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("method=soft_penalty", "method.penalty=-1"), "cdistill: error: method.penalty must be a finite number >= 0, "
+                                                   "got -1"),
+    (("method=lagrangian", "method.lr=-0.1"), "cdistill: error: method.lr must be a finite number >= 0, got -0.1"),
+    (("method=cmdp", "method.penalty=nan"), "cdistill: error: method.penalty must be a finite number >= 0, got nan"),
+    (("method=grpo", "rollout.samples_per_prompt=1"), "cdistill: error: rollout.samples_per_prompt=1 with grpo"),
+])
+def test_a_method_refuses_options_that_turn_its_objective_around(tmp_path, overrides, message):
+    line = one_line_error(train(tmp_path, *overrides))
+    assert line.startswith(message), line
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")
+def test_device_cuda_without_cuda_is_one_line(tmp_path):
+    line = one_line_error(train(tmp_path, "device=cuda"))
+    assert line == ("cdistill: error: device=cuda but no CUDA device is available here; use device=auto or "
+                    "device=cpu")
 
 
 def test_weakest_link_on_another_cost_is_refused_in_one_line(tmp_path):

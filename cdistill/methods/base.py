@@ -28,6 +28,13 @@ class Method:
         self.seed = seed  # the run's seed, the same on every rank
         self.scale: torch.Tensor | None = None  # [B] each completion's advantage divisor, set by normalize_returns
 
+    def check_nonnegative(self, *keys: str) -> None:
+        """Options that are weights or step sizes: a negative (or non-finite) one turns the objective around."""
+        for key in keys:
+            v = self.cfg[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v >= 0 or v == float("inf"):
+                raise ValueError(f"method.{key} must be a finite number >= 0, got {v!r}")
+
     def normalize(self, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
         """Per-token rewards → reward-to-go → per-prompt group normalisation (shared by all methods)."""
         return self.normalize_returns(reward_to_go(rewards, mask), mask, group_size)
@@ -47,6 +54,9 @@ class Method:
     conditions_on_budget = False
     # set by ``seqkd``: trains on the teacher's solutions, generated once per prompt and cached
     uses_cached_teacher_solutions = False
+    # set by methods whose advantages are centred on the group of completions of a prompt (a group of one
+    # learns nothing)
+    group_relative = False
     # unset by methods whose training never reads the budget d (a report compares them with cmdp at cmdp's d,
     # and two budget-trained methods only at the same d)
     trains_on_budget = True

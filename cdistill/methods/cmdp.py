@@ -13,6 +13,11 @@ from cdistill.objectives.rewards import after_violation
 
 class CMDP(Method):
     name = "cmdp"
+    group_relative = True
+
+    def __init__(self, cfg, constraint, optim, **kwargs):
+        super().__init__(cfg, constraint, optim, **kwargs)
+        self.check_nonnegative("penalty")
 
     def advantages(self, b: Scored):
         rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)

@@ -6,6 +6,7 @@ from cdistill.objectives import Scored, terminal_reward
 
 class GRPO(Method):
     name = "grpo"
+    group_relative = True
     trains_on_budget = False
 
     def advantages(self, b: Scored):

@@ -12,11 +12,18 @@ from cdistill.objectives import CONTROLLERS, Scored, constraint_stats, terminal_
 
 class Lagrangian(Method):
     name = "lagrangian"
+    group_relative = True
 
     def __init__(self, cfg, constraint, optim, **kwargs):
         super().__init__(cfg, constraint, optim, **kwargs)
         if cfg.controller not in CONTROLLERS:
             raise ValueError(f"unknown multiplier controller {cfg.controller!r}; expected one of {sorted(CONTROLLERS)}")
+        self.check_nonnegative("init", "lr", "lam_max")
+        if not 0 <= cfg.ema_decay < 1:
+            raise ValueError(f"method.ema_decay must be in [0, 1), got {cfg.ema_decay}")
+        for gain, value in (cfg.get("pid") or {}).items() if cfg.controller == "pid" else ():
+            if not value >= 0:
+                raise ValueError(f"method.pid.{gain} must be >= 0, got {value}")
         init, self._update = CONTROLLERS[cfg.controller]
         self.state = init(cfg.init)
 

@@ -6,6 +6,11 @@ from cdistill.objectives import Scored, constraint_stats, soft_penalty_rewards
 
 class SoftPenalty(Method):
     name = "soft_penalty"
+    group_relative = True
+
+    def __init__(self, cfg, constraint, optim, **kwargs):
+        super().__init__(cfg, constraint, optim, **kwargs)
+        self.check_nonnegative("penalty")
     trains_on_budget = False
 
     def advantages(self, b: Scored):

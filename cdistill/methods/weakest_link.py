@@ -19,6 +19,7 @@ from cdistill.objectives import (
 
 class WeakestLink(Method):
     name = "weakest_link"
+    group_relative = True
     needs_teacher_hidden = True
 
     def __init__(self, cfg, constraint, optim, **kwargs):
@@ -26,6 +27,7 @@ class WeakestLink(Method):
         if constraint.cost != "teacher_nll" or constraint.kind != "prefix_mean":
             raise ValueError("method weakest_link needs constraint.cost=teacher_nll and constraint.kind=prefix_mean, "
                              f"got {constraint.cost} / {constraint.kind}")
+        self.check_nonnegative("penalty", "exact_weight")
 
     def advantages(self, b: Scored):
         rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
