@@ -9,7 +9,7 @@ import zlib
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONF_DIR = os.environ.get("CDISTILL_CONF", str(Path(__file__).resolve().parent.parent / "conf"))
 USAGE = """usage: cdistill <command> [overrides]
@@ -50,6 +50,8 @@ def guarded(fn):
         # imported here: `cdistill --help` and `cdistill report` should not pay for transformers
         from cdistill.eval.judge import JudgeError
         from cdistill.models import ModelError
+        from cdistill.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE
+        from cdistill.preemption import Preempted
         from cdistill.runtime import ResourceError
         from cdistill.tasks.base import TaskError
         from cdistill.train import TrainingError
@@ -61,8 +63,16 @@ def guarded(fn):
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)
         except (TrainingError, ResourceError) as e:  # not the input's fault: exit 1, still one line
             fail(str(e).splitlines()[0], debug, e, code=1)
+        except Preempted as e:  # asked to stop (SIGTERM / SIGUSR1): a checkpoint is written, a rerun continues
+            say_error(f"cdistill: {e}")
+            sys.exit(PREEMPTED_EXIT_CODE)
 
     return wrapper
+
+
+def requeued() -> bool:
+    """Whether this process is a Slurm job that was requeued (after a preemption or a time limit)."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
 @guarded
@@ -73,6 +83,9 @@ def _train(cfg: DictConfig):
     from cdistill.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if requeued() and not cfg.resume and not (run_dir / "summary.json").is_file():
+        with open_dict(cfg):  # a preempted job that Slurm put back in the queue continues where it stopped
+            cfg.resume = "auto"
     if (run_dir / "summary.json").is_file() and not cfg.overwrite:
         raise UserError(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
     if (run_dir / "metrics.jsonl").is_file() and not cfg.overwrite and not cfg.resume:

@@ -27,6 +27,7 @@ from cdistill.models.loading import Components, build_components, resolve_model_
 from cdistill.models.parallel import Dist, Sharded, StudentForward, write_rank_state
 from cdistill.objectives import MicroBatch, Scored, clipped_policy_loss, truncated_importance_weights
 from cdistill.optim import build_optimizer, build_scheduler
+from cdistill.preemption import Preempted, Preemption
 from cdistill.rollout.engines import EngineSampler, build_sampler
 from cdistill.rollout.sampling import Rollout, generation_config
 from cdistill.rollout.source import Source
@@ -83,22 +84,35 @@ def train(cfg, run_dir: Path) -> dict:
     steps, started = cfg.optim.steps, time.time()
     bar = tqdm(range(state.step + 1, steps + 1), desc=run.method.name, disable=not cfg.logging.progress,
                mininterval=1.0, initial=state.step, total=steps)
-    for step in bar:
-        record = train_step(run, state, step)
-        if run.logger is not None:
-            run.logger.log(record)
-        if "reward" in record:  # steps on the student's own samples
-            bar.set_postfix(reward=f"{record['reward']:.2f}", div=f"{record['divergence_mean']:.2f}",
-                            sat=f"{record['satisfaction_rate']:.2f}", refresh=False)
-        if state.bad_run >= cfg.guards.max_bad_steps:
-            where = f"; the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint else ""
-            raise TrainingError(f"stopped at step {step}: {state.bad_run} steps in a row had a non-finite loss or "
-                                f"gradient (lower optim.lr, check the data){where}")
-        if due(cfg.eval.every, step, steps) and run.evaluates:
-            evaluate_and_log(run, step)
-        if due(cfg.checkpoint.every, step, steps) and not state.bad_run:
-            save_checkpoint(run, state, step)
+    with Preemption() as preemption:
+        for step in bar:
+            run_step(run, state, step, bar)
+            signum = preemption.requested(run.dist) if step < steps else None
+            if signum is not None:  # a cluster's SIGTERM / SIGUSR1: the step is done, save it and stop
+                if state.last_checkpoint is None or state.last_checkpoint.name != f"{checkpoint.PREFIX}{step:06d}":
+                    save_checkpoint(run, state, step)
+                raise Preempted(signum, step, state.last_checkpoint)
     return finish(run, state, train_seconds=time.time() - started)
+
+
+def run_step(run: Run, state: LoopState, step: int, bar) -> None:
+    """One step and what follows it: the record logged, the guard against bad steps, periodic evaluation and
+    checkpoint."""
+    cfg, steps = run.cfg, run.cfg.optim.steps
+    record = train_step(run, state, step)
+    if run.logger is not None:
+        run.logger.log(record)
+    if "reward" in record:  # steps on the student's own samples
+        bar.set_postfix(reward=f"{record['reward']:.2f}", div=f"{record['divergence_mean']:.2f}",
+                        sat=f"{record['satisfaction_rate']:.2f}", refresh=False)
+    if state.bad_run >= cfg.guards.max_bad_steps:
+        where = f"; the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint else ""
+        raise TrainingError(f"stopped at step {step}: {state.bad_run} steps in a row had a non-finite loss or "
+                            f"gradient (lower optim.lr, check the data){where}")
+    if due(cfg.eval.every, step, steps) and run.evaluates:
+        evaluate_and_log(run, step)
+    if due(cfg.checkpoint.every, step, steps) and not state.bad_run:
+        save_checkpoint(run, state, step)
 
 
 def train_step(run: Run, state: LoopState, step: int) -> dict:

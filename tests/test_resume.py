@@ -70,6 +70,45 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_weights_and_metrics
     assert len(checkpoint.complete(killed)) == 2  # keep=2
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_preempted_run_checkpoints_its_step_exits_75_and_a_requeued_rerun_ends_as_an_uninterrupted_run(
+        tmp_path, cache, sig):
+    import os
+
+    args = [*TINY, "optim.steps=30", "checkpoint.every=0", "method=lagrangian", "eval.at_start=true",
+            f"paths.cache={cache}"]
+
+    def command(run_dir):
+        return [sys.executable, "-m", "cdistill.cli", "train", *args, f"hydra.run.dir={run_dir}"]
+
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert subprocess.run(command(straight), capture_output=True, timeout=600).returncode == 0
+    stop_after = random.Random().randint(1, 10)
+    proc = subprocess.Popen(command(stopped), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        metrics = stopped / "metrics.jsonl"
+        if metrics.is_file() and metrics.read_text().count('"time_step"') >= stop_after:
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("cdistill: stopped by")]
+    step = int(line.split("after step ")[1].split(",")[0])
+    assert line.startswith(f"cdistill: stopped by {signal.Signals(sig).name} after step {step}, checkpoint ")
+    assert step >= stop_after and (stopped / "checkpoints" / f"step-{step:06d}" / "checksums.json").is_file()
+    assert not (stopped / "summary.json").exists()
+    # Slurm's requeue runs the same command again, with SLURM_RESTART_COUNT set: it continues by itself
+    again = subprocess.run(command(stopped), capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "SLURM_RESTART_COUNT": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    a = load_file(str(straight / "student" / "model.safetensors"))
+    b = load_file(str(stopped / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise on CPU
+    assert records(straight) == records(stopped)
+
+
 def test_resume_refuses_a_checkpoint_written_under_another_config(tmp_path, cache):
     run = tmp_path / "run"
     run.mkdir()
