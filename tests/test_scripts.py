@@ -1,5 +1,6 @@
 """The developer scripts run: the GPU smoke check at toy size on the CPU, the benchmark's plan."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,13 @@ def test_compare_script_runs_every_method_over_its_grid_and_reports_the_matched_
     assert "8 runs in 4 groups" in r.stdout
     assert "## Paired verdicts" in md and "## The hard budget against the best fixed penalty" in md
     assert "comparison finished in" in r.stdout
+
+
+def test_soak_script_samples_resident_memory_against_steps_and_prints_its_table(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "soak.py"), "--steps", "40", "--warmup", "5",
+                        "--interval", "0.05", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| point | step | seconds | RSS MiB |" in r.stdout and "from warm-up to the end:" in r.stdout
+    summary = json.loads((tmp_path / "run" / "soak.json").read_text())
+    assert summary["steps"] == 40 and summary["rss_end"] > 50  # a Python process with torch: tens of MiB at least
