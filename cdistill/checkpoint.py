@@ -28,6 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cdistill.models.loading import save_student
+from cdistill.runtime import ResourceError, disk_space_hint
 
 DIR = "checkpoints"
 PREFIX = "step-"
@@ -89,6 +90,23 @@ def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state
     root = Path(run_dir) / DIR
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{PREFIX}{step:06d}"
+    previous = complete(run_dir)
+    # what a checkpoint takes: the last one's size, or the weights and AdamW's two moments of the first
+    needed = (_size(previous[-1]) if previous else 3 * sum(p.numel() * p.element_size() for p in student.parameters()))
+    try:
+        with disk_space_hint(root, f"checkpoint {final.name}", needed):
+            _write(run_dir, tmp, final, root, step, cfg, student, tokenizer, trainer, state, keep, dist, per_rank)
+    except ResourceError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial write never looks like a checkpoint; older ones stay
+        raise
+    return final
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _write(run_dir, tmp, final, root, step, cfg, student, tokenizer, trainer, state, keep, dist, per_rank) -> None:
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +135,6 @@ def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state
         for old in complete(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
-    return final
 
 
 def _sha256(path: Path) -> str:

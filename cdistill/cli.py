@@ -52,14 +52,19 @@ def guarded(fn):
         from cdistill.models import ModelError
         from cdistill.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE
         from cdistill.preemption import Preempted
-        from cdistill.runtime import ResourceError
+        from cdistill.runtime import NO_SPACE, ResourceError
         from cdistill.tasks.base import TaskError
         from cdistill.train import TrainingError
 
         debug = bool(cfg.get("debug", False))
         try:
             return fn(cfg)
-        except (UserError, TaskError, ModelError, JudgeError, ValueError, FileNotFoundError, OSError) as e:
+        except OSError as e:
+            if e.errno in NO_SPACE:  # a log line, a cache file: not the input's fault, still one line
+                fail(f"no space left on the device of {e.filename or Path.cwd()}; free some space or point the run "
+                     "elsewhere", debug, e, code=1)
+            fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)
+        except (UserError, TaskError, ModelError, JudgeError, ValueError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)
         except (TrainingError, ResourceError) as e:  # not the input's fault: exit 1, still one line
             fail(str(e).splitlines()[0], debug, e, code=1)

@@ -1,10 +1,12 @@
 """What every command needs from its surroundings: the device, seeds, paths from the config, mixed
-precision, and one-line out-of-memory errors."""
+precision, and one-line errors when memory or disk space runs out."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +47,28 @@ def autocast(cfg, device: str):
 
 
 class ResourceError(RuntimeError):
-    """The hardware ran out (GPU memory): the message names the knob that fixes it."""
+    """The hardware ran out (GPU memory, disk space): the message names what ran out and what to change."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_space_hint(directory, what: str, needed_bytes: float | None = None):
+    """Turn a full disk (or quota) while writing ``what`` under ``directory`` into one line that names the
+    directory, the space it needs (when known) and the space left."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        need = f"it needs about {needed_bytes / 2**20:.0f} MiB, " if needed_bytes else ""
+        raise ResourceError(f"no space left on the device of {directory} while writing {what} ({need}{free}); "
+                            "free some space or point the run elsewhere") from e
 
 
 @contextlib.contextmanager

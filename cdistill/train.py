@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from cdistill.rollout.engines import EngineSampler, build_sampler
 from cdistill.rollout.sampling import Rollout, generation_config
 from cdistill.rollout.source import Source
 from cdistill.rollout.sources import PromptStream, TeacherSolutions, draw_rollout
-from cdistill.runtime import absolute, autocast, out_of_memory_hint, pick_device, seed_everything
+from cdistill.runtime import absolute, autocast, disk_space_hint, out_of_memory_hint, pick_device, seed_everything
 from cdistill.scoring import score_rollout, scoring_spec
 
 log = logging.getLogger(__name__)
@@ -328,7 +329,10 @@ def finish(run: Run, state: LoopState, train_seconds: float) -> dict:
         write_rank_state(run.run_dir, dist.rank, weights, run.method.state_dict())
     if cfg.save_student and dist.is_main:
         student = parts.student.model if dist.sharded else parts.student
-        save_student(student, parts.tokenizer, run.run_dir / "student", state_dict=weights if dist.sharded else None)
+        size = sum(p.numel() * p.element_size() for p in student.parameters())
+        with disk_space_hint(run.run_dir, "the final student", size):
+            save_student(student, parts.tokenizer, run.run_dir / "student",
+                         state_dict=weights if dist.sharded else None)
     dist.barrier()
     final = evaluate_and_log(run, cfg.optim.steps, final=True) if run.evaluates else None
     if not dist.is_main:
@@ -345,7 +349,11 @@ def finish(run: Run, state: LoopState, train_seconds: float) -> dict:
         summary["start_satisfaction_rate"] = student["satisfaction_rate"]
         summary["teacher_accuracy_sampled"] = teacher["accuracy_sampled"]
         summary["teacher_accuracy_greedy"] = teacher["accuracy_greedy"]
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    # summary.json says the run finished: written whole or not at all (a full disk must not leave half of one)
+    with disk_space_hint(run.run_dir, "summary.json"):
+        tmp = run.run_dir / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, run.run_dir / "summary.json")
     run.logger.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     run.logger.close()
     return summary

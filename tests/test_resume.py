@@ -249,3 +249,50 @@ def test_teacher_out_of_memory_names_the_remedy(tmp_path, cache, monkeypatch):
     run.mkdir()
     with pytest.raises(ResourceError, match="teacher forward .* ran out of GPU memory .* lower scoring.micro_batch"):
         train(cfg, run)
+
+
+def no_space(*args, **kwargs):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, cache, monkeypatch):
+    from cdistill.runtime import ResourceError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real, calls = torch.save, {"n": 0}
+
+    def save_until_full(obj, path, *args, **kwargs):
+        calls["n"] += 1
+        if str(path).endswith("trainer.pt") and ".tmp-step-000002" in str(path):
+            no_space()
+        return real(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    cfg = tiny_cfg(tmp_path, "optim.steps=4", "checkpoint.every=1", "checkpoint.keep=1", "eval.at_start=false",
+                   cache=cache)
+    with pytest.raises(ResourceError) as e:
+        train(cfg, run)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"no space left on the device of {run / 'checkpoints'} "
+                                                      "while writing checkpoint step-000002 (it needs about ")
+    assert "MiB free); free some space or point the run elsewhere" in message
+    (kept,) = checkpoint.complete(run)  # the step-1 checkpoint survives, intact; no partial one is left
+    assert kept.name == "step-000001" and checkpoint.damage(kept) is None
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
+    assert not (run / "summary.json").exists()
+
+
+def test_a_full_disk_while_saving_the_final_student_never_leaves_a_finished_looking_run(tmp_path, cache, monkeypatch):
+    import cdistill.train as tr
+    from cdistill.runtime import ResourceError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(tr, "save_student", no_space)
+    with pytest.raises(ResourceError, match=r"while writing the final student \(it needs about \d+ MiB"):
+        train(tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=false", cache=cache), run)
+    assert not (run / "summary.json").exists()
