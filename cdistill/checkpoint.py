@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cdistill.models.loading import save_student
-from cdistill.runtime import ResourceError, disk_space_hint
+from cdistill.runtime import disk_space_hint
 
 DIR = "checkpoints"
 PREFIX = "step-"
@@ -96,8 +96,9 @@ def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state
     try:
         with disk_space_hint(root, f"checkpoint {final.name}", needed):
             _write(run_dir, tmp, final, root, step, cfg, student, tokenizer, trainer, state, keep, dist, per_rank)
-    except ResourceError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a partial write never looks like a checkpoint; older ones stay
+    except BaseException:
+        if dist.is_main:  # a partial write never looks like a checkpoint (older ones stay); the main rank owns it
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
@@ -162,14 +163,27 @@ def damage(path: Path) -> str | None:
     try:
         sums = json.loads(record.read_text())
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        sums = None
+    if not isinstance(sums, dict):
         return f"its {CHECKSUMS} is unreadable"
     for name, want in sums.items():
-        p = path / name
+        p = path / str(name)
         if not p.is_file():
             return f"{name} is missing"
-        if _sha256(p) != want:
-            return f"{name} does not match its checksum (cut short or corrupted)"
+        try:
+            if _sha256(p) != want:
+                return f"{name} does not match its checksum (cut short or corrupted)"
+        except OSError as e:  # a disk error reading it back
+            return f"{name} cannot be read ({e.strerror or e})"
     return None
+
+
+def set_aside_newer(run_dir: Path, chosen: Path) -> None:
+    """Rename the damaged checkpoints newer than ``chosen`` (the one a run resumes from) out of the ``step-*``
+    namespace, so that keeping the newest N never counts them nor deletes the intact ones for them."""
+    for path in complete(run_dir):
+        if path.name > chosen.name:
+            path.rename(path.with_name(f".damaged-{path.name}"))
 
 
 def complete(run_dir: Path) -> list[Path]:

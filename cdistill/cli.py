@@ -121,7 +121,7 @@ def _eval(cfg: DictConfig):
             OmegaConf.update(run_cfg, target, cfg[key])
     from cdistill.config import validate
 
-    validate(run_cfg)  # the run's config with this command's overrides (n_problems, samples, device)
+    validate(run_cfg, command="eval")  # the run's config with this command's overrides (n_problems, samples, device)
     checkpoint = cfg.checkpoint or str(run_dir / "student")
     if not Path(checkpoint).is_dir():
         raise UserError(f"no student checkpoint at {checkpoint}")

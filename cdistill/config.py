@@ -35,7 +35,9 @@ def _positive(section, name: str, keys: tuple[str, ...]) -> None:
             raise ConfigError(f"{name}.{key} must be positive, got {section[key]}")
 
 
-def validate(cfg) -> None:
+def validate(cfg, command: str = "train") -> None:
+    """Refuse a config that cannot run, in one line. ``command="eval"`` leaves out what evaluating a trained
+    student does not use: the base model paths (it loads the run's student/) and the rollout engine."""
     if cfg.method.name not in METHODS:
         raise ConfigError(f"unknown method {cfg.method.name!r}; available: {', '.join(sorted(METHODS))}")
     c = cfg.constraint
@@ -69,8 +71,10 @@ def validate(cfg) -> None:
         raise ConfigError(str(e)) from None
     if method.group_relative and o.adv_baseline == "group" and cfg.rollout.samples_per_prompt < 2:
         raise ConfigError(f"rollout.samples_per_prompt={cfg.rollout.samples_per_prompt} with {method.name}: each "
-                          "completion is its group's own baseline, so every advantage is 0 and nothing is learned; "
-                          "use at least 2 (or optim.adv_baseline=none)")
+                          "completion is its group's own baseline, so its task reward cancels out of every advantage "
+                          "and is never learned from; use at least 2 (or optim.adv_baseline=none)")
+    if command == "eval":
+        return
     _rollout_backend(cfg.rollout, method)
     for role in ("student", "teacher"):
         _model_address(cfg.model[role].name_or_path, f"model.{role}.name_or_path")

@@ -43,7 +43,7 @@ class Preemption:
 
     def __exit__(self, *exc) -> None:
         for s, handler in self.previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: installed outside Python
 
     def requested(self, dist) -> int | None:
         """The signal that asked this run to stop, on any rank (every rank must call this at the same step)."""

@@ -51,6 +51,26 @@ class ResourceError(RuntimeError):
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# how writers that do not raise OSError say it: torch.save (RuntimeError from its zip writer, no errno) and
+# safetensors (SafetensorError "I/O error: ... (os error 28)")
+_NO_SPACE_TEXT = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
+
+
+def _short_of(directory, needed_bytes: float | None) -> bool:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return False
+    return free < max(needed_bytes or 0, 2**20)
+
+
+def out_of_space(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is a full disk or quota."""
+    while e is not None:
+        if getattr(e, "errno", None) in NO_SPACE or any(t in str(e).lower() for t in _NO_SPACE_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 @contextlib.contextmanager
@@ -59,8 +79,9 @@ def disk_space_hint(directory, what: str, needed_bytes: float | None = None):
     directory, the space it needs (when known) and the space left."""
     try:
         yield
-    except OSError as e:
-        if e.errno not in NO_SPACE:
+    except Exception as e:
+        # torch.save's zip writer reports a full disk as "unexpected pos" with no errno: the free space tells
+        if not out_of_space(e) and not _short_of(directory, needed_bytes):
             raise
         try:
             free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free"

@@ -88,7 +88,7 @@ def train(cfg, run_dir: Path) -> dict:
     with Preemption() as preemption:
         for step in bar:
             run_step(run, state, step, bar)
-            signum = preemption.requested(run.dist) if step < steps else None
+            signum = preemption.requested(run.dist)
             if signum is not None:  # a cluster's SIGTERM / SIGUSR1: the step is done, save it and stop
                 if state.last_checkpoint is None or state.last_checkpoint.name != f"{checkpoint.PREFIX}{step:06d}":
                     save_checkpoint(run, state, step)
@@ -235,6 +235,9 @@ def set_up(cfg, run_dir: Path) -> Run:
     resume_from = checkpoint.find(cfg.get("resume"), run_dir)
     # read (and checked against the config) before minutes of model building
     resume = (resume_from, *checkpoint.load(resume_from, cfg, dist.rank, dist.world)) if resume_from else None
+    dist.barrier()  # every rank has chosen (and read) its checkpoint before damaged newer ones are moved aside
+    if resume_from is not None and dist.is_main:
+        checkpoint.set_aside_newer(run_dir, resume_from)
     method = build_method(cfg.method, cfg.constraint, cfg.optim, reduce_mean=dist.mean, seed=cfg.seed)
     validate_launch(cfg, method, dist.sharded)
     seed_everything(cfg.seed)
@@ -352,7 +355,10 @@ def finish(run: Run, state: LoopState, train_seconds: float) -> dict:
     # summary.json says the run finished: written whole or not at all (a full disk must not leave half of one)
     with disk_space_hint(run.run_dir, "summary.json"):
         tmp = run.run_dir / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
+        with tmp.open("w") as fh:
+            fh.write(json.dumps(summary, indent=2))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, run.run_dir / "summary.json")
     run.logger.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     run.logger.close()

@@ -66,7 +66,9 @@ def main() -> int:
     cmd = [sys.executable, "-m", "cdistill.cli", "train", *TINY, f"method={args.method}",
            f"optim.steps={args.steps}", f"paths.cache={args.cache}", f"hydra.run.dir={out}", "overwrite=true"]
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = open(out.parent / f"{out.name}.stderr.log", "w")  # a pipe read only at the end could fill and stall the run
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
     samples: list[tuple[int, float, float]] = []  # (step, seconds, RSS MiB)
     every, shown = max(1, args.steps // 20), 0
     while proc.poll() is None:
@@ -77,7 +79,8 @@ def main() -> int:
                 shown = step // every
                 print(f"step {step:>6}  RSS {rss:8.1f} MiB", flush=True)
         time.sleep(args.interval)
-    err = proc.stderr.read()
+    log.close()
+    err = Path(log.name).read_text()
     if proc.returncode != 0 or not samples:
         print(f"soak: the run failed (exit {proc.returncode}): {err.strip().splitlines()[-1:] or ''}", file=sys.stderr)
         return 2

@@ -52,7 +52,8 @@ def train(tmp_path, *overrides):
     # values that used to train silently or crash later (issue 16)
     ("constraint.threshold=nan", "cdistill: error: constraint.threshold must be a finite number, got nan"),
     ("rollout.samples_per_prompt=1", "cdistill: error: rollout.samples_per_prompt=1 with cmdp: each completion is "
-                                     "its group's own baseline, so every advantage is 0 and nothing is learned"),
+                                     "its group's own baseline, so its task reward cancels out of every advantage "
+                                     "and is never learned from; use at least 2 (or optim.adv_baseline=none)"),
     ("rollout.top_p=1.5", "cdistill: error: rollout.top_p must be in (0, 1], got 1.5"),
     ("rollout.top_p=0", "cdistill: error: rollout.top_p must be in (0, 1], got 0"),
     ("eval.n_problems=0", "cdistill: error: eval.n_problems must be a whole number of at least 1, got 0"),

@@ -165,6 +165,9 @@ def test_resume_auto_passes_over_a_damaged_checkpoint_and_ends_as_an_uninterrupt
         train(tiny_cfg(tmp_path, "optim.steps=4", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
                        "resume=auto", cache=cache), broken)
     assert any("step-000003 is damaged" in r.message and "trying an older one" in r.message for r in caplog.records)
+    # the damaged one was moved aside (so that keeping the newest N never counts it); step 3 was written anew
+    assert (broken / "checkpoints" / ".damaged-step-000003").is_dir()
+    assert checkpoint.damage(broken / "checkpoints" / "step-000003") is None
     a = load_file(str(straight / "student" / "model.safetensors"))
     b = load_file(str(broken / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # resumed from step 2: the same weights, bitwise
@@ -284,6 +287,26 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_previous_chec
     assert kept.name == "step-000001" and checkpoint.damage(kept) is None
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-000001"]
     assert not (run / "summary.json").exists()
+
+
+def test_a_full_disk_is_recognised_however_the_writer_says_it(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from cdistill.runtime import ResourceError, disk_space_hint
+
+    with pytest.raises(ResourceError, match="no space left"):  # safetensors' wording
+        with disk_space_hint(tmp_path, "weights"):
+            raise RuntimeError("I/O error: No space left on device (os error 28)")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    with pytest.raises(ResourceError, match=r"it needs about 5 MiB, 0 MiB free"):  # torch's zip writer: no errno
+        with disk_space_hint(tmp_path, "trainer.pt", 5 * 2**20):
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="something else"):  # any other failure is left alone
+        with disk_space_hint(tmp_path, "trainer.pt", 5 * 2**20):
+            raise RuntimeError("something else")
 
 
 def test_a_full_disk_while_saving_the_final_student_never_leaves_a_finished_looking_run(tmp_path, cache, monkeypatch):
