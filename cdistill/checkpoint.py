@@ -28,7 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cdistill.models.loading import save_student
-from cdistill.runtime import disk_space_hint
+from cdistill.runtime import disk_space_hint, parameter_bytes
 
 DIR = "checkpoints"
 PREFIX = "step-"
@@ -92,7 +92,7 @@ def save(run_dir: Path, step: int, cfg, student, tokenizer, trainer: dict, state
     tmp = root / f".tmp-{PREFIX}{step:06d}"
     previous = complete(run_dir)
     # what a checkpoint takes: the last one's size, or the weights and AdamW's two moments of the first
-    needed = (_size(previous[-1]) if previous else 3 * sum(p.numel() * p.element_size() for p in student.parameters()))
+    needed = _size(previous[-1]) if previous else 3 * parameter_bytes(student)
     try:
         with disk_space_hint(root, f"checkpoint {final.name}", needed):
             _write(run_dir, tmp, final, root, step, cfg, student, tokenizer, trainer, state, keep, dist, per_rank)

@@ -52,7 +52,7 @@ def guarded(fn):
         from cdistill.models import ModelError
         from cdistill.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE
         from cdistill.preemption import Preempted
-        from cdistill.runtime import NO_SPACE, ResourceError
+        from cdistill.runtime import ResourceError, out_of_space
         from cdistill.tasks.base import TaskError
         from cdistill.train import TrainingError
 
@@ -60,7 +60,7 @@ def guarded(fn):
         try:
             return fn(cfg)
         except OSError as e:
-            if e.errno in NO_SPACE:  # a log line, a cache file: not the input's fault, still one line
+            if out_of_space(e):  # a log line, a cache file: not the input's fault, still one line
                 fail(f"no space left on the device of {e.filename or Path.cwd()}; free some space or point the run "
                      "elsewhere", debug, e, code=1)
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)

@@ -50,6 +50,11 @@ class ResourceError(RuntimeError):
     """The hardware ran out (GPU memory, disk space): the message names what ran out and what to change."""
 
 
+def parameter_bytes(model) -> int:
+    """The bytes of a model's parameters: what saving its weights takes on disk."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # how writers that do not raise OSError say it: torch.save (RuntimeError from its zip writer, no errno) and
 # safetensors (SafetensorError "I/O error: ... (os error 28)")

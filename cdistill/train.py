@@ -33,7 +33,15 @@ from cdistill.rollout.engines import EngineSampler, build_sampler
 from cdistill.rollout.sampling import Rollout, generation_config
 from cdistill.rollout.source import Source
 from cdistill.rollout.sources import PromptStream, TeacherSolutions, draw_rollout
-from cdistill.runtime import absolute, autocast, disk_space_hint, out_of_memory_hint, pick_device, seed_everything
+from cdistill.runtime import (
+    absolute,
+    autocast,
+    disk_space_hint,
+    out_of_memory_hint,
+    parameter_bytes,
+    pick_device,
+    seed_everything,
+)
 from cdistill.scoring import score_rollout, scoring_spec
 
 log = logging.getLogger(__name__)
@@ -332,8 +340,7 @@ def finish(run: Run, state: LoopState, train_seconds: float) -> dict:
         write_rank_state(run.run_dir, dist.rank, weights, run.method.state_dict())
     if cfg.save_student and dist.is_main:
         student = parts.student.model if dist.sharded else parts.student
-        size = sum(p.numel() * p.element_size() for p in student.parameters())
-        with disk_space_hint(run.run_dir, "the final student", size):
+        with disk_space_hint(run.run_dir, "the final student", parameter_bytes(student)):
             save_student(student, parts.tokenizer, run.run_dir / "student",
                          state_dict=weights if dist.sharded else None)
     dist.barrier()

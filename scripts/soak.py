@@ -19,19 +19,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [  # the tests' tiny embedded models and batches: thousands of steps in minutes on 2 cores
-    "task.n_train=2000", "task.n_test=12",
-    "model.embedded.tokenizer.vocab_size=200",
-    "model.embedded.teacher.size.hidden=32", "model.embedded.teacher.size.intermediate=64",
-    "model.embedded.teacher.size.layers=1", "model.embedded.teacher.size.heads=2",
-    "model.embedded.teacher.steps=20", "model.embedded.teacher.batch_size=16", "model.embedded.teacher.warmup=2",
-    "model.embedded.student.size.hidden=16", "model.embedded.student.size.intermediate=32",
-    "model.embedded.student.size.layers=1", "model.embedded.student.size.heads=2",
-    "model.embedded.student.steps=10", "model.embedded.student.batch_size=16", "model.embedded.student.warmup=2",
-    "rollout.prompts_per_step=2", "rollout.samples_per_prompt=3", "rollout.max_new_tokens=10",
-    "optim.micro_batch=6", "scoring.micro_batch=6", "eval.n_problems=4", "eval.samples=2", "eval.batch_size=4",
-    "eval.at_start=false", "logging.wandb.enabled=false", "logging.progress=false", "device=cpu",
-]
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers import TINY as TEST_SIZES  # noqa: E402  (the test suite's tiny models and batches)
+
+# the tests' sizes, with more problems to draw from and no evaluation before training: thousands of steps in
+# minutes on 2 cores (a later override of a key wins)
+TINY = [*TEST_SIZES, "task.n_train=2000", "eval.at_start=false"]
 
 
 def rss_mib(pid: int) -> float | None:

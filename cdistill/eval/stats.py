@@ -46,23 +46,31 @@ class Difference(Interval):
     p_exact: bool
 
 
-def _matrix(values, name: str = "values") -> np.ndarray:
-    """``values`` as a float64 [S, N] matrix (a 1-D array is one seed), rejecting empty and non-finite input."""
+def _array(values, name: str, dims: tuple[int, ...], shape_text: str) -> np.ndarray:
+    """``values`` as float64 with one of ``dims`` dimensions, rejecting empty and non-finite input in one line."""
     x = np.asarray(values, dtype=np.float64)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 1-D [N] or 2-D [seeds, problems] array, got shape {x.shape}")
+    if x.ndim not in dims:
+        raise ValueError(f"{name} must be {shape_text}, got shape {x.shape}")
     if x.size == 0:
-        raise ValueError(f"{name} is empty (shape {x.shape}); need at least one seed and one problem")
+        raise ValueError(f"{name} is empty (shape {x.shape})")
     if not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf at {np.argwhere(~np.isfinite(x))[0].tolist()}")
     return x
 
 
-def _check(level: float, resamples: int) -> None:
+def _matrix(values, name: str = "values") -> np.ndarray:
+    """``values`` as a float64 [S, N] matrix (a 1-D array is one seed)."""
+    x = _array(values, name, (1, 2), "a 1-D [N] or 2-D [seeds, problems] array")
+    return x[None, :] if x.ndim == 1 else x
+
+
+def _check_level(level: float) -> None:
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def _check(level: float, resamples: int) -> None:
+    _check_level(level)
     if int(resamples) != resamples or resamples < 1:
         raise ValueError(f"resamples must be a positive integer, got {resamples}")
 
@@ -134,7 +142,7 @@ def group_interval(values, level: float = 0.95) -> Interval:
     zero-width interval.
     """
     x = _matrix(values)
-    _check(level, 1)
+    _check_level(level)
     var_seed, var_problem, df = variance_components(x)
     mean = float(x.mean())
     half = t_quantile((1 + level) / 2, df) * math.sqrt(var_seed + var_problem) if df < math.inf else 0.0
@@ -202,14 +210,7 @@ def verdict(diff: Difference, higher_is_better: bool, a_name: str, b_name: str) 
 
 
 def _curve(y, name: str = "y") -> np.ndarray:
-    x = np.asarray(y, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D curve, got shape {x.shape}")
-    if x.size == 0:
-        raise ValueError(f"{name} is empty")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf at index {int(np.argmax(~np.isfinite(x)))}")
-    return x
+    return _array(y, name, (1,), "a 1-D curve")
 
 
 def smooth(y, window: int) -> np.ndarray:
