@@ -91,12 +91,13 @@ def main() -> int:
         s, t, r = at(step)
         print(f"| {name} | {s} | {t:.0f} | {r:.1f} |")
     base = at(warmup)[2]
+    end = at(samples[-1][0])[2]  # when the last step was done (later samples are the final save and evaluation)
     after = [r for s, _, r in samples if s >= warmup]
-    growth = samples[-1][2] - base
+    growth = end - base
     print(f"\nfrom warm-up to the end: {growth:+.1f} MiB ({100 * growth / base:+.1f}%); largest after warm-up "
           f"{max(after):.1f} MiB; metrics in {out}")
     summary = {"steps": args.steps, "warmup": warmup, "rss_first": samples[0][2], "rss_warmup": base,
-               "rss_end": samples[-1][2], "rss_max_after_warmup": max(after), "growth_mib": growth}
+               "rss_end": end, "rss_max_after_warmup": max(after), "growth_mib": growth}
     (out / "soak.json").write_text(json.dumps(summary, indent=2))
     if growth > args.max_growth_mib:
         print(f"soak: resident memory grew by {growth:.1f} MiB after warm-up (limit {args.max_growth_mib})",
