@@ -75,7 +75,7 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
     report["divergence_median"] = float(torch.quantile(values, 0.5))
     report["divergence_p90"] = float(torch.quantile(values, 0.9))
     report["accuracy_sampled"] = report.pop("reward")
-    # this run's 95% interval on sampled accuracy, a bootstrap over its evaluation problems (cdistill report
+    # this run's 95% interval on sampled accuracy, over its evaluation problems (cdistill report
     # adds seeds to it when a configuration has replicates)
     interval = group_interval(torch.cat(per_problem).numpy())
     report["accuracy_sampled_low"], report["accuracy_sampled_high"] = interval.low, interval.high
@@ -135,5 +135,5 @@ def format_report(report: dict) -> str:
             lines.append(f"  {label:<24} {report[key]:>9.3f}")
             if key == "accuracy_sampled" and "accuracy_sampled_low" in report:
                 lines[-1] += (f"   95% interval [{report['accuracy_sampled_low']:.3f}, "
-                              f"{report['accuracy_sampled_high']:.3f}] (bootstrap over problems)")
+                              f"{report['accuracy_sampled_high']:.3f}] (over problems)")
     return "\n".join(lines)
