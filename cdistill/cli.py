@@ -56,7 +56,7 @@ def guarded(fn):
         from cdistill.tasks.base import TaskError
         from cdistill.train import TrainingError
 
-        debug = bool(cfg.get("debug", False))
+        debug = cfg.get("debug") is True  # debug=maybe is itself a bad value, reported in one line
         try:
             return fn(cfg)
         except OSError as e:
@@ -70,14 +70,20 @@ def guarded(fn):
             fail(str(e).splitlines()[0], debug, e, code=1)
         except Preempted as e:  # asked to stop (SIGTERM / SIGUSR1): a checkpoint is written, a rerun continues
             say_error(f"cdistill: {e}")
+            if e.hand_over is not None:  # a submitit job: its handler requeues it and exits (on its rank 0)
+                e.hand_over()
             sys.exit(PREEMPTED_EXIT_CODE)
 
     return wrapper
 
 
-def requeued() -> bool:
-    """Whether this process is a Slurm job that was requeued (after a preemption or a time limit)."""
-    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+def requeued(run_dir: Path) -> bool:
+    """Whether this run continues one that stopped: the run directory says a signal stopped it (``preempted.json``:
+    the same command again, or a job that submitit requeued), or this is a Slurm job that was requeued (after a
+    preemption, a time limit or a node failure: it may have been killed before it could write the marker)."""
+    from cdistill.preemption import MARKER
+
+    return (run_dir / MARKER).is_file() or os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
 @guarded
@@ -88,8 +94,8 @@ def _train(cfg: DictConfig):
     from cdistill.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if requeued() and not cfg.resume and not (run_dir / "summary.json").is_file():
-        with open_dict(cfg):  # a preempted job that Slurm put back in the queue continues where it stopped
+    if requeued(run_dir) and not cfg.resume and not (run_dir / "summary.json").is_file():
+        with open_dict(cfg):  # a run stopped by a signal, or a job put back in the queue, continues where it stopped
             cfg.resume = "auto"
     if (run_dir / "summary.json").is_file() and not cfg.overwrite:
         raise UserError(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
@@ -107,10 +113,13 @@ def _train(cfg: DictConfig):
 def _eval(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
+    from cdistill.config import validate
     from cdistill.eval.evaluate import evaluate, format_report, write_eval
     from cdistill.models.loading import build_components
     from cdistill.runtime import seed_everything
+    from cdistill.schema import check
 
+    check(cfg, "eval")  # this command's own settings, then the run's config with them
     run_dir = Path(cfg.run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a training run directory (no config.yaml)")
@@ -119,8 +128,6 @@ def _eval(cfg: DictConfig):
                         ("samples", "eval.samples"), ("device", "device")):
         if cfg[key] is not None:
             OmegaConf.update(run_cfg, target, cfg[key])
-    from cdistill.config import validate
-
     validate(run_cfg, command="eval")  # the run's config with this command's overrides (n_problems, samples, device)
     checkpoint = cfg.checkpoint or str(run_dir / "student")
     if not Path(checkpoint).is_dir():
@@ -141,7 +148,9 @@ def _judge(cfg: DictConfig):
 
     from cdistill.eval.judge import build_judge, judge_runs
     from cdistill.runtime import pick_device
+    from cdistill.schema import check
 
+    check(cfg, "judge")
     judge = build_judge(cfg.judge, pick_device(cfg.device))
     summary, records = judge_runs(judge, cfg.judge, Path(cfg.run_a), Path(cfg.run_b), cfg.n_problems,
                                   progress=lambda xs: tqdm(xs, desc="judging", mininterval=2.0))
@@ -183,6 +192,16 @@ def check_run_dir(overrides: list[str]) -> None:
 
 
 GROUPS = ("method", "model", "task", "exp")
+REQUIRED = {"eval": ("run_dir",), "judge": ("run_a", "run_b")}
+
+
+def check_required(cmd: str, overrides: list[str]) -> None:
+    """``cdistill eval`` without ``run_dir=``: Hydra would fail with a traceback while naming the output directory,
+    which is made from it."""
+    given = {o.split("=", 1)[0] for o in overrides if "=" in o}
+    for key in REQUIRED.get(cmd, ()):
+        if key not in given:
+            fail(f"{key} is required: cdistill {cmd} {' '.join(f'{k}=<run directory>' for k in REQUIRED[cmd])}")
 
 
 def check_groups(overrides: list[str]) -> None:
@@ -253,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     if cmd not in commands:
         fail(f"unknown command {cmd!r}; expected one of train, eval, judge, report")
     fn, config_name = commands[cmd]
+    check_required(cmd, rest)
     if cmd == "train":
         check_groups(rest)
         check_run_dir(rest)

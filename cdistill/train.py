@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from omegaconf import OmegaConf
@@ -28,7 +30,7 @@ from cdistill.models.loading import Components, build_components, resolve_model_
 from cdistill.models.parallel import Dist, Sharded, StudentForward, write_rank_state
 from cdistill.objectives import MicroBatch, Scored, clipped_policy_loss, truncated_importance_weights
 from cdistill.optim import build_optimizer, build_scheduler
-from cdistill.preemption import Preempted, Preemption
+from cdistill.preemption import MARKER, Preempted, Preemption, mark
 from cdistill.rollout.engines import EngineSampler, build_sampler
 from cdistill.rollout.sampling import Rollout, generation_config
 from cdistill.rollout.source import Source
@@ -88,20 +90,41 @@ class LoopState:
 
 
 def train(cfg, run_dir: Path) -> dict:
-    run = set_up(cfg, run_dir)
-    state = start_or_resume(run)
-    steps, started = cfg.optim.steps, time.time()
-    bar = tqdm(range(state.step + 1, steps + 1), desc=run.method.name, disable=not cfg.logging.progress,
-               mininterval=1.0, initial=state.step, total=steps)
+    # A cluster's stop signal (cdistill.preemption) is recorded from the start: one during set-up (minutes of
+    # model loading on real models) stops the run before its first step, with nothing new to save; one during a
+    # step stops it after that step, with a checkpoint of it; one during the final save and evaluation is let
+    # pass, so that the finished run ends as finished instead of losing that work.
     with Preemption() as preemption:
+        run = set_up(cfg, run_dir)
+        state = start_or_resume(run)
+        signum = preemption.requested(run.dist)
+        if signum is not None:
+            stop(run, state, preemption, signum, in_set_up=True)
+        steps, started = cfg.optim.steps, time.time()
+        bar = tqdm(range(state.step + 1, steps + 1), desc=run.method.name, disable=not cfg.logging.progress,
+                   mininterval=1.0, initial=state.step, total=steps)
         for step in bar:
             run_step(run, state, step, bar)
             signum = preemption.requested(run.dist)
-            if signum is not None:  # a cluster's SIGTERM / SIGUSR1: the step is done, save it and stop
+            if signum is not None:  # the step is done: save it and stop
                 if state.last_checkpoint is None or state.last_checkpoint.name != f"{checkpoint.PREFIX}{step:06d}":
                     save_checkpoint(run, state, step)
-                raise Preempted(signum, step, state.last_checkpoint)
-    return finish(run, state, train_seconds=time.time() - started)
+                stop(run, state, preemption, signum)
+        summary = finish(run, state, train_seconds=time.time() - started)
+    if preemption.signum is not None:  # it came after the last step's check
+        log.warning("%s came while the run was finishing: it finished first", signal.Signals(preemption.signum).name)
+    return summary
+
+
+def stop(run: Run, state: LoopState, preemption: Preemption, signum: int, in_set_up: bool = False) -> NoReturn:
+    """End the run on a signal, its last step saved: leave the marker that lets the same run directory continue
+    by itself, and raise ``Preempted`` (``cdistill.cli`` then exits 75, or lets submitit requeue the job)."""
+    if run.dist.is_main:
+        mark(run.run_dir, signum, state.step, state.last_checkpoint)
+    # no rank exits before the marker is written: torchrun stops (SIGTERM, then SIGKILL) the others once one exits
+    run.dist.barrier()
+    raise Preempted(signum, state.step, state.last_checkpoint, run.run_dir, in_set_up=in_set_up,
+                    hand_over=preemption.hand_over(signum))
 
 
 def run_step(run: Run, state: LoopState, step: int, bar) -> None:
@@ -276,6 +299,8 @@ def start_or_resume(run: Run) -> LoopState:
     """The loop state to start from: a checkpoint's (optimiser, scheduler, method, prompt stream, RNGs and
     logs put back as they were), or a fresh one after the start-of-run evaluations."""
     cfg, dist = run.cfg, run.dist
+    if dist.is_main:  # the marker tells of the stop this start continues (or overwrites): a new stop writes its own
+        (run.run_dir / MARKER).unlink(missing_ok=True)
     if run.resume is not None:
         path, trainer, saved = run.resume
         if dist.is_main:

@@ -99,10 +99,18 @@ def test_a_preempted_run_checkpoints_its_step_exits_75_and_a_requeued_rerun_ends
     assert line.startswith(f"cdistill: stopped by {signal.Signals(sig).name} after step {step}, checkpoint ")
     assert step >= stop_after and (stopped / "checkpoints" / f"step-{step:06d}" / "checksums.json").is_file()
     assert not (stopped / "summary.json").exists()
-    # Slurm's requeue runs the same command again, with SLURM_RESTART_COUNT set: it continues by itself
-    again = subprocess.run(command(stopped), capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "SLURM_RESTART_COUNT": "1"})
+    marker = stopped / "preempted.json"
+    assert json.loads(marker.read_text()) == {"signal": signal.Signals(sig).name, "step": step,
+                                              "checkpoint": str(stopped / "checkpoints" / f"step-{step:06d}")}
+    # the same command again continues by itself: the marker says so, or (a Slurm job killed before it could
+    # write one) Slurm's requeue, which sets SLURM_RESTART_COUNT
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_RESTART_COUNT"}
+    if sig == signal.SIGUSR1:
+        marker.unlink()
+        env["SLURM_RESTART_COUNT"] = "1"
+    again = subprocess.run(command(stopped), capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert not marker.exists()
     a = load_file(str(straight / "student" / "model.safetensors"))
     b = load_file(str(stopped / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # bitwise on CPU

@@ -269,17 +269,21 @@ def to_html(root: Path, md: str) -> str:
 
 
 def report_main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="cdistill report", description=__doc__)
+    from cdistill.cli import fail
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line, as every other command's errors (argparse prints usage first)
+            fail(f"{message}; usage: cdistill report <sweep or runs directory>")
+
+    parser = Parser(prog="cdistill report", description=__doc__)
     parser.add_argument("dir", help="a sweep directory (or any directory holding run directories)")
     args = parser.parse_args(argv)
     root = Path(args.dir)
     if not root.is_dir():
-        print(f"cdistill: error: no such directory: {root}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"no such directory: {root}")
     runs = finished_runs(root)
     if not runs:
-        print(f"cdistill: error: no finished run (summary.json) under {root}", file=sys.stderr)
-        sys.exit(2)
+        fail(f"no finished run (summary.json) under {root}")
     groups = group_runs(runs)
     print(write_report(root, groups))
     print(f"\n{len(runs)} runs in {len(groups)} groups; wrote {root / 'report.md'}, report.html, pareto.png and "

@@ -1,0 +1,202 @@
+"""Every setting of every command, given a value of the wrong type or outside its range, is refused in one line
+with exit code 2 before anything is built.
+
+The walk is over the composed configs themselves (every method x model x task, and every exp), so a key added
+to ``conf/`` without an entry in ``cdistill.schema`` fails here, and every entry is driven through the real
+command line (in process: Hydra's parsing of the override included).
+"""
+
+import copy
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cdistill import cli, schema
+
+CONF = Path(cli.CONF_DIR)
+LORA = "model.student.lora={r:4,alpha:8,dropout:0.0,target_modules:[q_proj]}"
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compositions() -> list[list[str]]:
+    combos = [[f"method={m}", f"model={mo}", f"task={t}"]
+              for m, mo, t in itertools.product(choices("method"), choices("model"), choices("task"))]
+    combos += [[f"method={m}", f"+exp={e}"] for m in choices("method") for e in choices("exp")]
+    return [*combos, ["model=smollm2", LORA]]
+
+
+def composed(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name, overrides)
+
+
+def keys(cfg, command: str):
+    """The settings of ``cfg``: its values, and the mappings that are given whole (``model.student.lora``)."""
+    return [key for key, value in schema.leaves(cfg) if not isinstance(value, dict) or key in schema.TABLES[command]]
+
+
+def settings() -> dict[str, dict[str, list[str]]]:
+    """command -> {key: the overrides of a composition that has it}."""
+    train: dict[str, list[str]] = {}
+    for overrides in compositions():
+        for key in keys(composed("config", overrides), "train"):
+            train.setdefault(key, overrides)
+    ev = {key: [] for key in keys(composed("eval", ["run_dir=x"]), "eval")}
+    judge = {key: [] for key in keys(composed("judge_run", ["run_a=x", "run_b=y"]), "judge")}
+    return {"train": train, "eval": ev, "judge": judge}
+
+
+SETTINGS = settings()
+
+
+def wrong_values(spec) -> list[str]:
+    """Override values that ``spec`` must refuse: a wrong type, and each side of its range."""
+    if isinstance(spec, schema.Maybe):
+        return wrong_values(spec.spec)
+    if isinstance(spec, schema.Flag):
+        return ["maybe", "1"]
+    if isinstance(spec, schema.Whole):
+        return ["1.5", "many", *([str(spec.lo - 1)] if spec.lo is not None else []),
+                *([str(spec.hi + 1)] if spec.hi is not None else [])]
+    if isinstance(spec, schema.Real):
+        out = ["abc", "nan", "inf" if spec.hi is None else "-inf"]
+        if spec.lo is not None:
+            out.append(str(spec.lo) if spec.open_lo else str(spec.lo - 0.5))
+        if spec.hi is not None:
+            out.append(str(spec.hi) if spec.open_hi else str(spec.hi + 0.5))
+        return out
+    if isinstance(spec, schema.OneOf):
+        return ["bogus", "7"]
+    if isinstance(spec, schema.Text):
+        return ["7", "''", *(["no_placeholder"] if spec.holds else [])]
+    if isinstance(spec, schema.Seq):
+        return ["abc", f"[{','.join(['0.5'] * ((spec.length or 1) + 1))}]" if spec.length else "[7]"]
+    if isinstance(spec, schema.Section):
+        return ["7"]
+    if isinstance(spec, schema.Device):
+        return ["tpu", "cuda:x", "7"]
+    raise AssertionError(f"no wrong values for {spec!r}")
+
+
+CASES = [(command, key, value) for command, keys in SETTINGS.items() for key in sorted(keys)
+         if key in schema.TABLES[command]  # a key without an entry fails the first test below
+         for value in wrong_values(schema.TABLES[command][key])]
+
+
+def run(capfd, argv: list[str]) -> tuple[int, str]:
+    saved = sys.argv
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+    finally:
+        sys.argv = saved
+    return exit_.value.code, capfd.readouterr().err
+
+
+def test_every_key_of_every_composed_config_has_an_entry_and_the_shipped_values_pass_it():
+    for overrides in compositions():
+        cfg = composed("config", overrides)
+        schema.check(cfg, "train")  # raises on a key without an entry, or a shipped value outside its entry
+    schema.check(composed("eval", ["run_dir=x"]), "eval")
+    schema.check(composed("judge_run", ["run_a=x", "run_b=y"]), "judge")
+    assert len(SETTINGS["train"]) > 130 and len(CASES) > 400  # the walk found the configs it is meant to
+
+
+BASES: dict[tuple, object] = {}
+
+
+def with_value(command: str, key: str, value: str):
+    """The composed config that has ``key``, with ``key=value`` applied as Hydra parses it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    base = tuple(SETTINGS[command][key]) if command == "train" else ()
+    if (command, base) not in BASES:
+        name, required = {"train": ("config", []), "eval": ("eval", ["run_dir=x"]),
+                          "judge": ("judge_run", ["run_a=x", "run_b=y"])}[command]
+        BASES[command, base] = composed(name, [*base, *required])
+    cfg = copy.deepcopy(BASES[command, base])
+    (override,) = OverridesParser.create().parse_overrides([f"{key}={value}"])
+    OmegaConf.update(cfg, key, override.value(), merge=False)
+    return cfg
+
+
+@pytest.mark.parametrize(("command", "key", "value"), CASES)
+def test_every_setting_refuses_a_wrong_type_and_each_side_of_its_range_naming_itself(command, key, value):
+    from cdistill.config import validate
+
+    cfg = with_value(command, key, value)
+    with pytest.raises(schema.ConfigError) as refused:
+        validate(cfg) if command == "train" else schema.check(cfg, command)
+    message = str(refused.value)
+    assert key in message and "\n" not in message, message
+
+
+FIRST = [(command, key, wrong_values(schema.TABLES[command][key])[0]) for command, keys in SETTINGS.items()
+         for key in sorted(keys) if key in schema.TABLES[command]]
+
+
+@pytest.mark.parametrize(("command", "key", "value"), FIRST)
+def test_through_the_command_line_any_setting_is_one_line_exit_2_before_anything_is_built(
+        tmp_path, monkeypatch, capfd, command, key, value):
+    monkeypatch.chdir(tmp_path)
+    if command == "train":
+        argv = ["train", *SETTINGS["train"][key], "paths.cache=cache", "hydra.run.dir=run", f"{key}={value}"]
+    elif command == "eval":
+        argv = ["eval", "run_dir=run", f"{key}={value}"]
+    else:
+        argv = ["judge", "run_a=a", "run_b=b", f"{key}={value}"]
+    code, err = run(capfd, argv)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith("cdistill: error: ") and key in lines[0], lines[0]
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["+optim.lrr=1"], "optim.lrr is not a setting of cdistill train (a typo?)"),
+    (["task.difficulty.min_steps=3"], "task.difficulty.min_steps=3 is above task.difficulty.max_steps=2"),
+    (["model.embedded.teacher.size.heads=3"], "model.embedded.teacher.size.hidden=128 is not a multiple of its "
+                                              "heads=3"),
+    (["optim.betas=[0.9,1.0]"], "optim.betas[1] must be in [0, 1), got 1.0"),
+    (["rollout.temperature=0"], "rollout.temperature must be positive, got 0"),
+    (["seed=-1"], "seed must be a whole number >= 0 and <= 4294967295, got -1"),
+    (["task.use_chat_template=sometimes"], "unknown task.use_chat_template 'sometimes'; expected one of true, "
+                                           "false, auto"),
+])
+def test_refusals_read_as_the_user_would_want(tmp_path, monkeypatch, capfd, overrides, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capfd, ["train", *overrides, "hydra.run.dir=run", "paths.cache=cache"])
+    assert code == 2 and err.strip() == f"cdistill: error: {message}", err[-2000:]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["eval"], "run_dir is required: cdistill eval run_dir=<run directory>"),
+    (["judge", "run_a=x"], "run_b is required: cdistill judge run_a=<run directory> run_b=<run directory>"),
+    (["report"], "the following arguments are required: dir; usage: cdistill report <sweep or runs directory>"),
+    (["report", "a", "b"], "unrecognized arguments: b; usage: cdistill report <sweep or runs directory>"),
+    (["report", "--top", "3", "x"], "unrecognized arguments: --top x; usage: cdistill report <sweep or runs directory>"),
+    (["report", "missing"], "no such directory: missing"),
+])
+def test_every_command_refuses_missing_or_unknown_arguments_in_one_line(tmp_path, monkeypatch, capfd, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capfd, argv)
+    assert code == 2 and err.strip() == f"cdistill: error: {message}", err[-2000:]
+
+
+def test_an_old_runs_config_is_read_with_keys_this_version_no_longer_has(tmp_path):
+    from cdistill.config import validate
+
+    cfg = composed("config", ["+optim.retired_knob=1"])
+    validate(cfg, command="eval")  # evaluating an old run must not fail on a key it no longer uses
+    with pytest.raises(schema.ConfigError, match="optim.retired_knob is not a setting"):
+        validate(cfg)
+    OmegaConf.update(cfg, "eval.samples", 0)
+    with pytest.raises(schema.ConfigError, match="eval.samples must be a whole number of at least 1"):
+        validate(cfg, command="eval")

@@ -1,0 +1,243 @@
+"""Preemption: a signal during set-up, during a step or while the run finishes; submitit's requeue (its local
+executor, driven through the Hydra launcher); one rank of two signalled alone."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY, tiny_cfg
+from safetensors.torch import load_file
+
+from cdistill.cli import requeued
+from cdistill.preemption import MARKER, Preempted
+from cdistill.train import train
+
+# long enough to be stopped in the middle; only the stop writes a checkpoint
+LONG = [*TINY, "optim.steps=30", "checkpoint.every=0", "method=lagrangian", "eval.at_start=true"]
+
+
+@pytest.fixture
+def survives_signals():
+    """A signal that the code under test fails to catch fails the test instead of ending pytest."""
+    def unexpected(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} was not caught by the run")
+
+    sigs = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    previous = {s: signal.signal(s, unexpected) for s in sigs}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def signal_during(monkeypatch, name: str, signum: int = signal.SIGTERM, call: int = 1):
+    """Make ``cdistill.train.<name>`` send ``signum`` to this process on its ``call``-th call, before it runs."""
+    import cdistill.train as tr
+
+    real, calls = getattr(tr, name), {"n": 0}
+
+    def signalled(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signum)  # Python runs the handler at once, in this (main) thread
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tr, name, signalled)
+
+
+def records(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time_") and k not in ("seconds", "eval/seconds")}
+            for r in rows]
+
+
+def same_student(a: Path, b: Path) -> bool:
+    wa, wb = (load_file(str(d / "student" / "model.safetensors")) for d in (a, b))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # bitwise on CPU
+
+
+def test_a_signal_during_set_up_stops_before_the_first_step_and_the_directory_then_starts_by_itself(
+        tmp_path, cache, monkeypatch, survives_signals):
+    signal_during(monkeypatch, "build_components")  # while the models are built
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=false", cache=cache)
+    with pytest.raises(Preempted) as stopped:
+        train(cfg, run)
+    assert str(stopped.value) == (f"stopped by SIGTERM during set-up, before step 1, no checkpoint yet; the same "
+                                  f"command with hydra.run.dir={run} continues it")
+    assert stopped.value.hand_over is None and not (run / "checkpoints").exists()
+    assert json.loads((run / MARKER).read_text()) == {"signal": "SIGTERM", "step": 0, "checkpoint": None}
+    assert requeued(run)  # the CLI then sets resume=auto: with no checkpoint, the run starts from nothing
+    monkeypatch.undo()
+    summary = train(tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=false", "resume=auto", cache=cache), run)
+    assert summary["steps"] == 2 and not (run / MARKER).exists() and not requeued(run)
+
+
+def test_a_signal_while_the_run_finishes_lets_it_finish(tmp_path, cache, monkeypatch, survives_signals, caplog):
+    signal_during(monkeypatch, "save_student")
+    run = tmp_path / "run"
+    run.mkdir()
+    with caplog.at_level("WARNING", logger="cdistill.train"):
+        summary = train(tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=false", cache=cache), run)
+    assert summary["steps"] == 2 and (run / "summary.json").is_file() and (run / "student").is_dir()
+    assert not (run / MARKER).exists() and not (run / "checkpoints").exists()
+    assert "SIGTERM came while the run was finishing: it finished first" in caplog.text
+
+
+def test_in_a_submitit_job_its_signal_goes_to_its_handler_after_the_checkpoint_and_sigterm_does_not(
+        tmp_path, cache, monkeypatch, survives_signals):
+    submitit = pytest.importorskip("submitit")
+    usr = submitit.JobEnvironment._usr_sig()  # SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise
+    monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "submitit"))  # what submitit's job runner sets
+    run = tmp_path / "run"
+    run.mkdir()
+    handed = []
+    # stands for submitit's checkpoint_and_try_requeue: what the run directory holds when it is called
+    previous = signal.signal(usr, lambda s, f: handed.append((s, sorted(os.listdir(run / "checkpoints")))))
+    try:
+        signal_during(monkeypatch, "train_step", usr, call=2)
+        with pytest.raises(Preempted) as stopped:
+            train(tiny_cfg(tmp_path, "optim.steps=4", "eval.at_start=false", cache=cache), run)
+        assert not handed  # not during the step
+        assert stopped.value.step == 2 and "handed to submitit to requeue the job" in str(stopped.value)
+        stopped.value.hand_over()
+        assert handed == [(usr, ["step-000002"])]
+        assert json.loads((run / MARKER).read_text())["signal"] == signal.Signals(usr).name
+
+        # SIGTERM is also what `scancel` sends: it stops the run (exit 75) without asking submitit to requeue it
+        monkeypatch.undo()
+        monkeypatch.setenv("SUBMITIT_FOLDER", str(tmp_path / "submitit"))
+        signal_during(monkeypatch, "train_step", signal.SIGTERM, call=1)
+        with pytest.raises(Preempted) as stopped:
+            train(tiny_cfg(tmp_path, "optim.steps=4", "eval.at_start=false", "resume=auto", cache=cache), run)
+        assert stopped.value.step == 3 and stopped.value.hand_over is None and len(handed) == 1
+    finally:
+        signal.signal(usr, previous)
+
+
+def task_pids(cwd: Path, marker: str, env: str | None = None) -> list[int]:
+    """Processes started in ``cwd`` whose command line holds ``marker`` (and whose environment holds ``env``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and marker in proc.joinpath("cmdline").read_bytes().decode(errors="replace")
+                    and os.readlink(proc / "cwd") == str(cwd)
+                    and (env is None or env.encode() in proc.joinpath("environ").read_bytes().split(b"\0"))):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def wait_for_steps(metrics_glob: str, root: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    """Wait until a ``metrics.jsonl`` under ``root`` records ``n`` steps; its run directory."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        for metrics in root.glob(metrics_glob):
+            if metrics.read_text().count('"time_step"') >= n:
+                return metrics.parent
+        time.sleep(0.01)
+    if proc.poll() is None:
+        proc.kill()
+    err = proc.communicate(timeout=60)[1]
+    raise AssertionError(f"no run reached step {n}: {err[-2000:]}")
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="finds the job's process through /proc")
+def test_under_the_submitit_launcher_its_signal_checkpoints_requeues_and_the_job_ends_as_an_uninterrupted_run(
+        tmp_path, cache):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    submitit = pytest.importorskip("submitit")
+    usr = submitit.JobEnvironment._usr_sig()
+    args = [*LONG, f"paths.cache={cache}"]
+    straight = tmp_path / "straight"
+    done = subprocess.run([sys.executable, "-m", "cdistill.cli", "train", *args, f"hydra.run.dir={straight}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    # the sweep's default directory, outputs/sweeps/${now:...}, under the launch directory
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "cdistill.cli", "train", "-m", "hydra/launcher=submitit_local",
+                             *args], cwd=launch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stop_after = random.Random().randint(1, 10)
+    job = wait_for_steps("outputs/sweeps/*/*/metrics.jsonl", launch, stop_after, proc)
+    (task,) = task_pids(launch, "submitit.core._submit")
+    os.kill(task, usr)  # what Slurm sends ahead of the time limit (submitit's sbatch --signal), or a preemption
+    signalled_at = time.strftime("%Y-%m-%d_%H-%M-%S")  # the earliest ${now:...} that the requeued job could resolve
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+
+    # one sweep, one job directory: the requeued job (seconds later) continued in the directory it was stopped in,
+    # ${now:...} in hydra.sweep.dir included (the launcher pickled with the job holds its resolved value)
+    assert [p.relative_to(launch) for p in launch.glob("outputs/sweeps/*/*/metrics.jsonl")] == [
+        job.relative_to(launch) / "metrics.jsonl"]
+    assert job.parent.name < signalled_at
+    # submitit's folder holds one job (the task's output of both of its runs, appended): it ran again as itself
+    (err_log,) = job.parent.glob(".submitit/*/*_0_log.err")
+    (stop,) = [ln for ln in err_log.read_text().splitlines() if ln.startswith("cdistill: stopped by")]
+    step = int(stop.split("after step ")[1].split(",")[0])
+    assert stop == (f"cdistill: stopped by {signal.Signals(usr).name} after step {step}, checkpoint "
+                    f"{job / 'checkpoints' / f'step-{step:06d}'}; handed to submitit to requeue the job, which "
+                    "continues it")
+    out_log = err_log.with_name(err_log.name.replace(".err", ".out")).read_text()
+    assert "this job is preempted" in err_log.read_text() and "Requeued job" in out_log
+    assert f"resumed from {job / 'checkpoints' / f'step-{step:06d}'} at step {step + 1}" in out_log
+    assert step >= stop_after
+    assert (job / "checkpoints" / f"step-{step:06d}" / "checksums.json").is_file()
+    assert (job / "summary.json").is_file() and not (job / MARKER).exists()
+    assert same_student(straight, job) and records(straight) == records(job)
+
+
+def two_processes(run: Path, cache: Path, port: int) -> list[str]:
+    from test_distributed import COMMON  # the tiny two-process run of the distributed tests
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    common = [o for o in COMMON if not o.startswith(("optim.steps", "checkpoint."))]
+    return [torchrun, "--nproc_per_node", "2", "--master_port", str(port), "-m", "cdistill.cli", "train", *common,
+            "optim.steps=12", "checkpoint.every=0", f"paths.cache={cache}", f"hydra.run.dir={run}"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="finds the ranks' processes through /proc")
+def test_a_signal_to_one_rank_of_two_stops_both_after_the_same_step_and_the_rerun_ends_as_an_uninterrupted_run(
+        tmp_path, cache):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    done = subprocess.run(two_processes(straight, cache, 29571), capture_output=True, text=True, timeout=600,
+                          env=env, cwd=tmp_path)
+    if done.returncode and "Address already in use" in done.stderr:
+        pytest.skip("port 29571 is taken on this machine")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen(two_processes(stopped, cache, 29572), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    stop_after = random.Random().randint(1, 6)
+    wait_for_steps("stopped/metrics.jsonl", tmp_path, stop_after, proc)
+    (rank1,) = task_pids(tmp_path, "cdistill.cli", env="RANK=1")
+    os.kill(rank1, signal.SIGTERM)  # the other rank hears nothing: the ranks agree at the end of the step
+    _, err = proc.communicate(timeout=600)
+    # torchrun reports a worker's non-zero exit as a failure of the launch: it exits 1 and names the 75
+    assert proc.returncode == 1 and "exitcode  : 75" in err, err[-3000:]
+    lines = [ln for ln in err.splitlines() if ln.startswith("cdistill: stopped by")]
+    assert len(lines) == 2 and len(set(lines)) == 1, lines  # each rank: the same step, the same checkpoint
+    line = lines[0]
+    step = int(line.split("after step ")[1].split(",")[0])
+    assert line.startswith(f"cdistill: stopped by SIGTERM after step {step}, checkpoint ") and step >= stop_after
+    ckpt = stopped / "checkpoints" / f"step-{step:06d}"
+    assert {p.name for p in ckpt.glob("rank*.pt")} == {"rank0.pt", "rank1.pt"}
+    assert json.loads((stopped / MARKER).read_text())["step"] == step
+
+    again = subprocess.run(two_processes(stopped, cache, 29573), capture_output=True, text=True, timeout=600,
+                           env=env, cwd=tmp_path)  # the same command: the marker makes it resume
+    assert again.returncode == 0, again.stderr[-3000:]
+    for i in (0, 1):  # the same weights (a digest of them) and λ on every rank as without the stop
+        assert (stopped / "ranks" / f"rank{i}.json").read_text() == (straight / "ranks" / f"rank{i}.json").read_text()
+    assert records(stopped) == records(straight) and not (stopped / MARKER).exists()
