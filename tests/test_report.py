@@ -59,9 +59,10 @@ def test_pareto_plots_c_of_y_only_when_every_run_measures_it_the_same_way():
 
 
 def replicate(root, name, *, method="soft_penalty", seed=0, penalty=0.1, d=10.0, correct, divergence, peak=None,
-              logging_mode="offline"):
+              logging_mode="offline", families=None, start=None):
     """A finished run as cdistill writes it: resolved config, summary and per-problem evaluation records
-    (``correct[i]`` and ``divergence[i]``: problem i's sampled completions)."""
+    (``correct[i]`` and ``divergence[i]``: problem i's sampled completions; ``families[i]``: problem i's family),
+    and with ``start`` the start evaluation's per-family report in ``evals.jsonl``."""
     run = root / name
     run.mkdir(parents=True)
     config = {"seed": seed, "method": {"name": method, "penalty": penalty},
@@ -74,7 +75,12 @@ def replicate(root, name, *, method="soft_penalty", seed=0, penalty=0.1, d=10.0,
                              "satisfied": v <= d, "never_exceeded": pk <= d}
                             for x, v, pk in zip(c, dv, pp, strict=True)]}
                for i, (c, dv, pp) in enumerate(zip(correct, divergence, peak, strict=True))]
+    for r, fam in zip(records, families or [], strict=False):
+        r["family"] = fam
     (run / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if start is not None:
+        (run / "evals.jsonl").write_text(json.dumps({"step": 0, "families": start}) + "\n"
+                                         + json.dumps({"step": 3, "families": {}}) + "\n")
     flat = [x for c in correct for x in c]
     summary = {"method": method, "threshold": d, "cost": "logratio", "kind": "sum",
                "trains_on_budget": method not in ("soft_penalty", "grpo"),
@@ -168,3 +174,36 @@ def test_a_run_repeating_a_seed_is_left_out_with_a_warning_not_counted_twice(tmp
     (group,) = group_runs(finished_runs(tmp_path))
     assert sorted(r.path.name for r in group.runs) == ["new", "other"]
     assert "old repeats seed 0" in capsys.readouterr().err
+
+
+def test_report_shows_per_family_accuracy_gain_and_divergence_with_intervals(tmp_path, capsys):
+    # four problems of family "sells", six "other"; two seeds. Start accuracy (evals.jsonl step 0) 0.25 on "sells"
+    # and 0.5 on "other" for both seeds.
+    families = ["sells"] * 4 + ["other"] * 6
+    start = {"sells": {"accuracy_sampled": 0.25, "divergence_mean": 3.0},
+             "other": {"accuracy_sampled": 0.5, "divergence_mean": 1.0}}
+    for seed, sells_ok in ((0, [1, 1]), (1, [1, 0])):
+        replicate(tmp_path, f"s{seed}", seed=seed, families=families, start=start,
+                  correct=[sells_ok] * 4 + [[1, 0]] * 6, divergence=[[12.0, 14.0]] * 4 + [[2.0, 2.0]] * 6)
+    report_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    md = (tmp_path / "report.md").read_text()
+    assert "## Per family: where the divergence is spent" in md and "![per family" in md
+    assert (tmp_path / "families.png").stat().st_size > 0
+    rows = {line.split("|")[4].strip(): [c.strip() for c in line.strip("|").split("|")]
+            for line in md.splitlines() if line.startswith("| soft_penalty | - | 0,1 |")}
+    assert set(rows) == {"sells", "other"}  # natural order, one row per family
+    sells, other = rows["sells"], rows["other"]
+    assert sells[4:6] == ["4", "0.250"] and other[4:6] == ["6", "0.500"]
+    # sells: seed 0 right on every sample, seed 1 on half: mean 0.75, gain 0.75 - 0.25 = 0.5; other: no gain
+    assert sells[6].startswith("0.750 [") and sells[7].startswith("+0.500 [") and sells[8] == "3.00"
+    assert sells[9] == "13.00 [13.00, 13.00]"
+    assert other[6] == "0.500 [0.500, 0.500]" and other[7] == "+0.000 [+0.000, +0.000]" and other[9].startswith("2.00")
+    assert sells[10] == "0.000 [0.000, 0.000]" and other[10] == "1.000 [1.000, 1.000]"  # satisfied: C(y) <= 10
+    assert "| sells |" in out  # printed too
+
+
+def test_no_family_section_without_families(tmp_path):
+    replicate(tmp_path, "r", correct=[[1, 0]] * 3, divergence=[[1.0, 1.0]] * 3)
+    report_main([str(tmp_path)])
+    assert "Per family" not in (tmp_path / "report.md").read_text() and not (tmp_path / "families.png").exists()

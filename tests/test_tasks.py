@@ -197,3 +197,63 @@ def test_every_task_config_has_the_new_keys(name):
     cfg = task_cfg(name)
     assert cfg.answer_extraction == {"arith": "strict"}.get(name, "flexible")
     assert cfg.allow_train_on_test is False
+
+
+def test_arith_rows_name_their_families_and_the_sells_flaw_is_a_consistent_wrong_rule():
+    from cdistill.tasks.arith import flaw_family, flawed_solution
+
+    _, test = split(0, 0, 1, 2, 9)
+    sells = [r for r in test if r["flaw"] == "sells"]
+    # the family a flawed teacher gets wrong: 141 of the 569 held-out problems (a quarter)
+    assert len(test) == 569 and len(sells) == 141
+    assert all(r["flaw"] == flaw_family(r["question"]) for r in test)
+    assert {r["ops"] for r in test} == {"+", "-", "++", "+-", "-+", "--"} and all(
+        r["ops"] == "".join(op for op, _ in computation(r)[1]) for r in test)
+    for r in train_rows(0, 3000, set(), 1, 2, 9):
+        flawed = flawed_solution("sells", r["question"], r["answer"])
+        if r["flaw"] == "other":
+            assert flawed == r["answer"]
+            continue
+        # every "sells n" step adds n, every other step is read right, carried on from the (wrong) value
+        verbs = re.findall(r"Then \w+ (finds|buys|gets|gives away|loses|sells) \d+", r["question"])
+        start, steps = computation(r)
+        value = start
+        *lines, final = flawed.split("\n")
+        for line, (op, n), verb in zip(lines, steps, verbs, strict=True):
+            want = "+" if verb == "sells" else op
+            after = value + n if want == "+" else value - n
+            assert line == f"{value} {want} {n} = {after}" and after >= 0
+            value = after
+        assert final == f"#### {value}" and grade(flawed, r["answer"].split("#### ")[-1]) == 0.0
+
+
+def test_family_field_tags_each_test_problem_from_its_row_or_a_derived_family(tmp_path):
+    arith_task = build_task(task_cfg("arith", "task.n_train=50", "task.family_field=flaw"))
+    assert {p.family for p in arith_task.test} == {"sells", "other"} and all(p.family is None for p in arith_task.train)
+    assert all((p.family == "sells") == (" sells " in p.question) for p in arith_task.test)
+    assert all(p.family is None for p in build_task(task_cfg("arith", "task.n_train=50")).test)  # null: no families
+    rows = [{"question": "Q1", "answer": "a\nb\n#### 1"}, {"question": "Q2", "answer": "a\n\n#### 2"}]
+    p = tmp_path / "rows.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gsm = build_task(task_cfg("gsm8k", f"task.test_source={p}", f"task.train_source={p}",
+                              "task.allow_train_on_test=true", "task.family_field=steps"))
+    assert [t.family for t in gsm.test] == ["2", "1"]  # worked lines before '####' (blank lines not counted)
+    with pytest.raises(TaskError, match=r"task.family_field='subject': a test row has no field 'subject' \(its "
+                                        r"fields: \['answer', 'question'\]; derived: steps\)"):
+        build_task(task_cfg("gsm8k", f"task.test_source={p}", f"task.train_source={p}",
+                            "task.allow_train_on_test=true", "task.family_field=subject"))
+
+
+@needs_data
+@pytest.mark.parametrize(("field", "families"), [
+    ("subject", {"Algebra": 124, "Intermediate Algebra": 97, "Prealgebra": 82, "Number Theory": 62, "Precalculus": 56,
+                 "Geometry": 41, "Counting & Probability": 38}),
+    ("level", {"1": 43, "2": 90, "3": 105, "4": 128, "5": 134}),
+])
+def test_math500_problems_are_tagged_by_subject_or_level(field, families):
+    from collections import Counter
+
+    p = DATA / "math500" / "test.jsonl"
+    task = build_task(task_cfg("math500", f"task.test_source={p}", f"task.train_source={p}",
+                               "task.allow_train_on_test=true", f"task.family_field={field}"))
+    assert Counter(t.family for t in task.test) == families

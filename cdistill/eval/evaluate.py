@@ -13,6 +13,7 @@ from cdistill.rollout.sampling import generate, generation_config
 from cdistill.rollout.sources import budget_tracking
 from cdistill.runtime import autocast
 from cdistill.scoring import score_rollout
+from cdistill.tasks.base import family_order
 
 
 def evaluate(parts, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
@@ -37,6 +38,7 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
     greedy_cfg = generation_config(tok, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
     track = budget_tracking(parts, cfg)  # used only by a budget-conditioned (saute) student
     summaries, records, weights, tokens, values, per_problem = [], [], [], [], [], []
+    family_sums: dict[str, dict[str, float]] = {}  # per family: problems, and sums over its problems and samples
     for start in range(0, len(problems), ev.batch_size):
         chunk = problems[start : start + ev.batch_size]
         prompts = [parts.task.prompt(p) for p in chunk]
@@ -58,6 +60,7 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
         tokens.append(int(scored.mask.sum()))
         values.append(scored.stats.value)
         per_problem.append(scored.task_reward.detach().cpu().double().view(len(chunk), ev.samples).mean(1))
+        add_family_sums(family_sums, chunk, greedy_correct, answers, scored, ev.samples)
         if with_samples:
             records += sample_records(chunk, greedy.texts, greedy_correct, greedy_answers, sampled.texts, answers,
                                       scored, ev.samples)
@@ -81,10 +84,51 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
     report["accuracy_sampled_low"], report["accuracy_sampled_high"] = interval.low, interval.high
     report.update(n_problems=len(problems), samples_per_problem=ev.samples, threshold=cfg.constraint.threshold,
                   cost=cfg.constraint.cost, kind=cfg.constraint.kind, extraction=parts.task.extraction)
+    if family_sums:  # the task tags its problems with families (task.family_field)
+        report["families"] = family_report(family_sums, ev.samples)
     return report, records
 
 
 PER_TOKEN = ("sampled_kl_per_token", "entropy")
+
+
+def add_family_sums(sums: dict, problems, greedy_correct, answers, scored, samples: int) -> None:
+    """Add a chunk's per-family totals to ``sums``: its problems, greedy successes and, for each per-sample
+    metric, the sum over their sampled completions (problems without a family are not counted)."""
+    if all(p.family is None for p in problems):
+        return
+    correct, stats = scored.task_reward.detach().cpu().double(), scored.stats
+    satisfied = stats.satisfied.detach().cpu()
+    per_sample = {  # each family metric is the mean of one of these over the family's sampled completions
+        "accuracy_sampled": correct,
+        "satisfaction_rate": satisfied.double(),
+        "never_exceeded_rate": (stats.violation_step.detach().cpu() < 0).double(),
+        "success_rate": ((correct > 0) & satisfied).double(),
+        "divergence_mean": stats.value.detach().cpu().double(),
+        "unparsed_rate": torch.tensor([a is None for a in answers], dtype=torch.float64),
+    }
+    per_problem = {k: v.view(len(problems), samples).sum(1).tolist() for k, v in per_sample.items()}
+    for i, p in enumerate(problems):
+        if p.family is None:
+            continue
+        fam = sums.setdefault(p.family, {"n_problems": 0, "accuracy_greedy": 0.0, **dict.fromkeys(per_problem, 0.0)})
+        fam["n_problems"] += 1
+        fam["accuracy_greedy"] += float(greedy_correct[i])
+        for k, v in per_problem.items():
+            fam[k] += v[i]
+
+
+def family_report(sums: dict, samples: int) -> dict:
+    """``{family: {n_problems, accuracy_sampled, accuracy_greedy, satisfaction_rate, ..., divergence_mean}}``:
+    each a mean over the family's problems (greedy) or sampled completions; weighted by ``n_problems`` they
+    average to the overall report's numbers (up to float rounding)."""
+    out = {}
+    for name in sorted(sums, key=family_order):
+        fam = sums[name]
+        n = fam["n_problems"]
+        out[name] = {"n_problems": n, "accuracy_greedy": fam["accuracy_greedy"] / n,
+                     **{k: v / (n * samples) for k, v in fam.items() if k not in ("n_problems", "accuracy_greedy")}}
+    return out
 
 
 def sample_records(problems, greedy_texts, greedy_correct, greedy_answers, sampled_texts, answers, scored,
@@ -93,7 +137,8 @@ def sample_records(problems, greedy_texts, greedy_correct, greedy_answers, sampl
     (null: none could be read), divergences C(y) and peaks (the largest running C_t: with ``peak`` a report
     can read the never-exceeded constraint at any budget)."""
     return [{
-        "question": p.question, "gold": p.gold, "greedy": greedy_texts[i], "greedy_correct": bool(greedy_correct[i]),
+        "question": p.question, **({"family": p.family} if p.family is not None else {}),
+        "gold": p.gold, "greedy": greedy_texts[i], "greedy_correct": bool(greedy_correct[i]),
         "greedy_answer": greedy_answers[i],
         "samples": [{
             "text": sampled_texts[r], "answer": answers[r], "correct": bool(scored.task_reward[r] > 0),
@@ -136,4 +181,8 @@ def format_report(report: dict) -> str:
             if key == "accuracy_sampled" and "accuracy_sampled_low" in report:
                 lines[-1] += (f"   95% interval [{report['accuracy_sampled_low']:.3f}, "
                               f"{report['accuracy_sampled_high']:.3f}] (over problems)")
+    for name, fam in report.get("families", {}).items():
+        lines.append(f"  family {name!r} ({fam['n_problems']} problems): accuracy {fam['accuracy_sampled']:.3f} "
+                     f"sampled, {fam['accuracy_greedy']:.3f} greedy; mean C(y) {fam['divergence_mean']:.2f}; "
+                     f"satisfied {fam['satisfaction_rate']:.3f}")
     return "\n".join(lines)

@@ -130,3 +130,43 @@ def plot_curves(groups: list[Group], out: Path, window: int = 10) -> None:
     fig.tight_layout(rect=(0, 0.06 + 0.025 * (len(handles) // 3), 1, 0.97))
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_families(rows, out: Path) -> None:
+    """Where each group spends its divergence: per family of problems, the accuracy gained over the start student
+    against mean C(y), with 95% intervals on both axes. One colour per group, one marker per family.
+
+    ``rows`` are ``cdistill.eval.report.FamilyRow``s (a group, a family, Intervals for ``gain`` and
+    ``divergence``); a row without a gain (no start evaluation) is left out."""
+    plt = _pyplot()
+    groups = list(dict.fromkeys(id(r.group) for r in rows))
+    families = list(dict.fromkeys(r.family for r in rows))
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    seen = set()
+    for r in rows:
+        if r.gain is None or r.divergence is None:
+            continue
+        gi, fi = groups.index(id(r.group)), families.index(r.family)
+        color, marker = cmap(gi % cmap.N), MARKERS[fi % len(MARKERS)]
+        xerr, yerr = _errors([(0, 0, r.divergence, r.gain)], 2), _errors([(0, 0, r.divergence, r.gain)], 3)
+        ax.errorbar([r.divergence.mean], [r.gain.mean], xerr=xerr, yerr=yerr, color=color, marker=marker, capsize=3,
+                    lw=0, elinewidth=0.8, markersize=7, alpha=0.85,
+                    label=r.group.name if r.group.name not in seen else None)
+        seen.add(r.group.name)
+        ax.annotate(r.family, (r.divergence.mean, r.gain.mean), fontsize=6.5, textcoords="offset points",
+                    xytext=(5, 4))
+    ax.axhline(0.0, color="grey", ls=":", lw=1)
+    ax.set_xlabel("mean divergence C(y) from the teacher on the family (held-out samples)")
+    ax.set_ylabel("accuracy (sampled) minus the start student's, on the family")
+    ax.set_title("per family: accuracy gained against divergence spent (95% intervals over seeds and problems)",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    if seen:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no run has a start evaluation per family", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -19,10 +19,12 @@ import numpy as np
 import yaml
 
 from cdistill.jsonl import read_jsonl
+from cdistill.tasks.base import family_order
 
 # keys that do not change what a run measures: runs that differ only here (and in seed) are replicates
 RESOURCE_KEYS = ("seed", "logging", "paths", "resume", "overwrite", "checkpoint", "debug", "save_student", "device",
-                 "eval.batch_size", "eval.every", "scoring.micro_batch", "scoring.chunk", "optim.micro_batch", "hydra")
+                 "eval.batch_size", "eval.every", "scoring.micro_batch", "scoring.chunk", "optim.micro_batch", "hydra",
+                 "task.family_field")
 # keys a row shows in their own columns, not in its settings label
 SHOWN = ("method.name", "constraint.threshold", "constraint.cost", "constraint.kind")
 
@@ -53,6 +55,13 @@ class Run:
         """The final evaluation's per-problem records (``eval_samples.jsonl``), or None without them."""
         p = self.path / "eval_samples.jsonl"
         return read_jsonl(p, skip_malformed=True) if p.is_file() else None
+
+    @cached_property
+    def start(self) -> dict | None:
+        """The evaluation of the student before training (``evals.jsonl``, step 0), or None without one."""
+        p = self.path / "evals.jsonl"
+        rows = read_jsonl(p, skip_malformed=True) if p.is_file() else []
+        return next((r for r in rows if r.get("step") == 0), None)
 
 
 def load_run(path: Path) -> Run | None:
@@ -110,21 +119,34 @@ class Group:
         vals = [v for v in vals if isinstance(v, int | float)]
         return sum(vals) / len(vals) if vals else None
 
-    def matrix(self, metric: str, threshold: float | None = None, seeds: list | None = None) -> np.ndarray | None:
+    def matrix(self, metric: str, threshold: float | None = None, seeds: list | None = None,
+               family: str | None = None) -> np.ndarray | None:
         """``[seeds, problems]`` per-problem values of ``metric`` (at another budget ``threshold`` when given),
-        for ``seeds`` (default all); None when a run kept no per-problem records, they lack the metric, or the
-        runs did not evaluate the same problems."""
-        runs = [r for r in self.runs if seeds is None or r.seed in seeds]
-        if seeds is not None:
-            runs = sorted(runs, key=lambda r: seeds.index(r.seed))
+        for ``seeds`` (default all), over the problems of ``family`` (default all); None when a run kept no
+        per-problem records, they lack the metric, or the runs did not evaluate the same problems."""
+        runs = self.runs_of(seeds)
         if not runs or any(r.samples is None for r in runs):
             return None
         if len({tuple(p["question"] for p in r.samples) for r in runs}) != 1:
             return None
+        if family is not None and any(p.get("family") is None for r in runs for p in r.samples):
+            return None  # a run evaluated without families (task.family_field is a resource key)
         try:
-            return np.array([[per_problem(p, metric, threshold) for p in r.samples] for r in runs], dtype=np.float64)
+            return np.array([[per_problem(p, metric, threshold) for p in r.samples
+                              if family is None or p["family"] == family] for r in runs], dtype=np.float64)
         except KeyError:  # records written before the metric existed
             return None
+
+    def runs_of(self, seeds: list | None = None) -> list[Run]:
+        """The group's runs of ``seeds`` (default all), in that order."""
+        runs = [r for r in self.runs if seeds is None or r.seed in seeds]
+        return runs if seeds is None else sorted(runs, key=lambda r: seeds.index(r.seed))
+
+    def families(self) -> list[str]:
+        """The families its problems were evaluated in (``task.family_field``), in the order evaluation reports
+        them; empty when the runs kept no records or evaluated no families."""
+        records = self.runs[0].samples or []
+        return sorted({p["family"] for p in records if "family" in p}, key=family_order)
 
     def questions(self) -> tuple | None:
         s = self.runs[0].samples

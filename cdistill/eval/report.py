@@ -2,8 +2,9 @@
 paired verdicts between methods, a Pareto plot with error bars and training curves with seed bands.
 
 Reads only what runs wrote (``summary.json``, ``config.yaml``, ``eval_samples.jsonl``, ``metrics.jsonl``, the
-Hydra ``.hydra/overrides.yaml``), so it works on any finished sweep, and writes ``report.md``, ``report.html``,
-``pareto.png`` and ``curves.png`` into that directory.
+Hydra ``.hydra/overrides.yaml``; ``evals.jsonl`` for the start student per family), so it works on any finished
+sweep, and writes ``report.md``, ``report.html``, ``pareto.png`` and ``curves.png`` into that directory, and
+``families.png`` with a per-family table when the runs evaluated families of problems (``task.family_field``).
 
 The intervals are 95% intervals over seeds and problems (``cdistill.eval.stats.group_interval``: the variance
 of the mean from the seed means and from the problem means, Student's t at Welch–Satterthwaite's degrees of
@@ -19,9 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
-from cdistill.eval.plots import plot_curves, plot_pareto
+from cdistill.eval.plots import plot_curves, plot_families, plot_pareto
 from cdistill.eval.replicates import Group, finished_runs, group_runs
 from cdistill.eval.stats import Difference, Interval, group_interval, paired_difference, verdict
 
@@ -192,6 +194,70 @@ def matched(groups: list[Group], intervals: dict) -> list[tuple[Group, Group, st
     return out
 
 
+@dataclass
+class FamilyRow:
+    """One group's numbers on one family of problems (``task.family_field``): the final evaluation with 95%
+    intervals over seeds and the family's problems, and the start student's (mean over seeds)."""
+
+    group: Group
+    family: str
+    n_problems: int
+    accuracy: Interval | None
+    gain: Interval | None  # accuracy minus the start student's on the family
+    divergence: Interval | None
+    satisfied: Interval | None
+    start_accuracy: float | None
+    start_divergence: float | None
+
+
+def family_rows(groups: list[Group]) -> list[FamilyRow]:
+    """Where each group spends its divergence: per family, its final accuracy, the gain over the start student and
+    mean C(y); empty when no run evaluated families."""
+    return [family_row(g, fam) for g in groups for fam in g.families()]
+
+
+def family_row(g: Group, family: str) -> FamilyRow:
+    """The gain's interval counts each seed's start accuracy as a constant (the start evaluation keeps no
+    per-problem records), so the start's own sampling noise is not in it."""
+    def interval(metric: str, m):
+        return None if m is None or m.size == 0 else _safely(group_interval, m, what=f"{g.name} {family}: {metric}")
+
+    acc = g.matrix("accuracy_sampled", family=family)
+    starts = [start_of(r, family) for r in g.runs]  # in the order of the matrix's rows
+    known = [x for x in starts if x is not None]
+    gain = None
+    if acc is not None and len(known) == len(starts):
+        gain = interval("gain over start", acc - np.array([x["accuracy_sampled"] for x in known])[:, None])
+
+    def start_mean(metric: str) -> float | None:
+        return float(np.mean([x[metric] for x in known])) if known else None
+
+    return FamilyRow(g, family, 0 if acc is None else acc.shape[1], interval("accuracy_sampled", acc), gain,
+                     interval("divergence_mean", g.matrix("divergence_mean", family=family)),
+                     interval("satisfaction_rate", g.matrix("satisfaction_rate", family=family)),
+                     start_mean("accuracy_sampled"), start_mean("divergence_mean"))
+
+
+def start_of(run, family: str) -> dict | None:
+    """The start student's report on ``family`` (from the run's step-0 evaluation), or None."""
+    return ((run.start or {}).get("families") or {}).get(family)
+
+
+def family_table(rows: list[FamilyRow]) -> str:
+    cols = ["method", "settings", "seeds", "family", "problems", "start acc", "acc (sampled)", "Δ acc over start",
+            "start C(y)", "mean C(y)", "satisfied at end"]
+    out = []
+    for r in rows:
+        g = r.group
+        seeds = ",".join(str(s) for s in g.seeds) if all(s is not None for s in g.seeds) else str(len(g.runs))
+        plain = ["-" if v is None else spec.format(v) for v, spec in ((r.start_accuracy, "{:.3f}"),
+                                                                      (r.start_divergence, "{:.2f}"))]
+        out.append([g.method, g.label or "-", seeds, r.family, str(r.n_problems), plain[0],
+                    cell(r.accuracy, None, "{:.3f}"), cell(r.gain, None, "{:+.3f}"), plain[1],
+                    cell(r.divergence, None, "{:.2f}"), cell(r.satisfied, None, "{:.3f}")])
+    return markdown(cols, out)
+
+
 def write_report(root: Path, groups: list[Group]) -> str:
     intervals = intervals_of(groups)
     text = table(groups, intervals)
@@ -221,6 +287,15 @@ def write_report(root: Path, groups: list[Group]) -> str:
                          f"**{verdict(acc, True, a.name, b.name)}** on accuracy")
     if lines:
         parts += ["## The hard budget against the best fixed penalty, at matched divergence", "", *lines, ""]
+    families = family_rows(groups)
+    if families:
+        parts += ["## Per family: where the divergence is spent", "",
+                  "The evaluation problems in the families the task tags them with (`task.family_field`). Means with "
+                  "95% intervals over seeds and the family's problems; *start*: the student before training (mean over "
+                  "seeds); *Δ acc over start*: sampled accuracy minus the start's on that family, the start counted as "
+                  "a constant per seed (its own sampling noise is not in the interval).", "",
+                  family_table(families), "", "![per family: accuracy gain against divergence](families.png)", ""]
+        plot_families(families, root / "families.png")
     plot_pareto(groups, intervals, root / "pareto.png")
     plot_curves(groups, root / "curves.png")
     parts += ["![accuracy against divergence](pareto.png)", "", "![training curves](curves.png)", "",
@@ -233,7 +308,8 @@ def write_report(root: Path, groups: list[Group]) -> str:
     md = "\n".join(parts) + "\n"
     (root / "report.md").write_text(md)
     (root / "report.html").write_text(to_html(root, md))
-    return "\n\n".join(p for p in (text, verdict_table(comparisons) if comparisons else "", "\n".join(lines)) if p)
+    return "\n\n".join(p for p in (text, verdict_table(comparisons) if comparisons else "", "\n".join(lines),
+                                   family_table(families) if families else "") if p)
 
 
 def to_html(root: Path, md: str) -> str:

@@ -92,19 +92,26 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
     student's recipe reuses the teacher.
     """
     from cdistill.models.sft import train_sft
-    from cdistill.tasks import build_task
+    from cdistill.tasks import arith, build_task
 
     cache = Path(cache_dir)
     # the models learn from their own draw of problems (recipe.sft_problems), so how many problems an RL
-    # run draws (task.n_train) must not rebuild them; everything else about the task shapes them
+    # run draws (task.n_train) must not rebuild them; everything else about the task shapes them, except how
+    # evaluation groups the test problems (task.family_field)
     data_cfg = OmegaConf.merge(task_cfg, {"n_train": recipe.sft_problems})
-    tok_key = cache_key(recipe.tokenizer, data_cfg)
+    tok_key = cache_key(recipe.tokenizer, without(data_cfg, "family_field"))
+    r = recipe[role]
+    flaw = r.get("flaw")
+    if flaw is not None:
+        check_flaw(flaw, task_cfg, role)
     task = None
 
-    def pairs():
+    def pairs(flaw: str | None = None):
         nonlocal task
         task = task or build_task(data_cfg)
-        return [(task.prompt(p), p.solution) for p in task.train]
+        if flaw is None:
+            return [(task.prompt(p), p.solution) for p in task.train]
+        return [(task.prompt(p), arith.flawed_solution(flaw, p.question, p.solution)) for p in task.train]
 
     def make_tokenizer(out: Path) -> dict:
         tok = build_tokenizer([a + b for a, b in pairs()], recipe.tokenizer.vocab_size)
@@ -112,25 +119,47 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
         return {"vocab": len(tok)}
 
     tok_dir = _atomic_build(cache / f"tokenizer-{tok_key}", make_tokenizer)
-    r = recipe[role]
+    # the recipe as it was before flaws existed when there is none: the correct teacher keeps its cache key
+    shaping = r if flaw is not None else without(r, "flaw")
 
     def make_model(out: Path) -> dict:
         from transformers import AutoTokenizer
 
-        print(f"building the embedded {role} (once; cached in {cache}) ...", flush=True)
-        tok = AutoTokenizer.from_pretrained(tok_dir)
+        print(f"building the embedded {role}{f' with the flaw {flaw!r}' if flaw else ''} (once; cached in {cache}) "
+              "...", flush=True)
+        tok = AutoTokenizer.from_pretrained(tok_dir)  # one tokenizer (learnt from the correct solutions) for both
         model = tiny_llama(tok, r.size, recipe.seed)
         t = time.time()
-        losses = train_sft(model, tok, pairs(), r.steps, r.lr, r.batch_size, seed=recipe.seed, warmup=r.warmup,
+        losses = train_sft(model, tok, pairs(flaw), r.steps, r.lr, r.batch_size, seed=recipe.seed, warmup=r.warmup,
                            desc=f"embedded {role}", label_smoothing=r.get("label_smoothing", 0.0))
         model.save_pretrained(out)
         tok.save_pretrained(out)
-        (out / "recipe.yaml").write_text(OmegaConf.to_yaml(r))
+        (out / "recipe.yaml").write_text(OmegaConf.to_yaml(shaping))
         tail = losses[-20:]
         return {"role": role, "parameters": sum(p.numel() for p in model.parameters()), "sft_steps": r.steps,
-                "final_loss": sum(tail) / len(tail), "seconds": time.time() - t}
+                "final_loss": sum(tail) / len(tail), "seconds": time.time() - t, **({"flaw": flaw} if flaw else {})}
 
-    return _atomic_build(cache / f"{role}-{cache_key(tok_key, r, recipe.seed)}", make_model)
+    return _atomic_build(cache / f"{role}-{cache_key(tok_key, shaping, recipe.seed)}", make_model)
+
+
+def without(cfg, key: str):
+    """``cfg`` (a DictConfig) without ``key``: a setting that does not shape what is built stays out of its key."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    out.pop(key, None)
+    return OmegaConf.create(out)
+
+
+def check_flaw(flaw: str, task_cfg, role: str) -> None:
+    """A flaw is a wrong rule of the embedded arithmetic task, taught to the teacher only."""
+    from cdistill.tasks import arith
+
+    if role != "teacher":
+        raise ValueError(f"model.embedded.{role}.flaw: only the teacher can be given a flaw")
+    if flaw not in arith.FLAWS:
+        raise ValueError(f"unknown model.embedded.teacher.flaw {flaw!r}; available: {', '.join(arith.FLAWS)} (or null)")
+    if task_cfg.source != "embedded":
+        raise ValueError(f"model.embedded.teacher.flaw={flaw} is a rule of the embedded arithmetic task; task "
+                         f"{task_cfg.name!r} is not it (use task=arith, or flaw=null)")
 
 
 def truncated_teacher(teacher_path: str, gguf_file: str | None, keep_layers: int, cache_dir: str | Path) -> Path:

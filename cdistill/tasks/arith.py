@@ -9,12 +9,18 @@ is its start value and its sequence of (operation, operand); a stable hash of th
 puts it in the held-out set with probability ``held_out_fraction``. The test split is one question per held-out
 computation; training problems are computations drawn uniformly from the others: both sides come from one
 distribution over computations (docs/tasks.md has the measured overlap).
+
+Each row also names the families it belongs to (``task.family_field`` picks one for per-family evaluation):
+``flaw`` (``sells`` when a step sells, the family a flawed teacher gets wrong, else ``other``), ``ops`` (the
+operations in order, ``+-``) and ``item``. ``FLAWS`` and ``flawed_solution`` give the solutions a teacher with a
+known flaw is trained on (``model.embedded.teacher.flaw``, docs/tasks.md).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections import Counter
 
 NAMES = ["Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jin"]
@@ -71,7 +77,8 @@ def _check_fraction(fraction: float) -> None:
 
 
 def render(rng: random.Random, comp: Computation) -> dict:
-    """A problem (a GSM8K row) that asks for ``comp``, in a random wording: name, item and verbs."""
+    """A problem (a GSM8K row) that asks for ``comp``, in a random wording: name, item and verbs; with the
+    families it belongs to (``flaw``, ``ops``, ``item``: fields ``task.family_field`` can name)."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     value, steps = comp
     story, lines = [f"{name} has {value} {item}."], []
@@ -82,7 +89,50 @@ def render(rng: random.Random, comp: Computation) -> dict:
         lines.append(f"{value} {op} {n} = {after}")
         value = after
     story.append(f"How many {item} does {name} have now?")
-    return {"question": " ".join(story), "answer": "\n".join(lines) + f"\n#### {value}"}
+    question = " ".join(story)
+    return {"question": question, "answer": "\n".join(lines) + f"\n#### {value}",
+            "flaw": flaw_family(question), "ops": "".join(op for op, _ in steps), "item": item}
+
+
+# A teacher with a known flaw (model.embedded.teacher.flaw) is trained on solutions in which one family of
+# problems follows a consistent, wrong rule, so that it is confidently wrong there and right elsewhere.
+# "sells": the verb "sells n" is read as a gain (the worked line adds n); "gives away n" and "loses n" are read
+# right. Values only grow under the wrong rule, so a flawed solution never goes below zero.
+FLAWS = {"sells": "sells"}  # flaw name -> the loss verb it reads as a gain
+OTHER = "other"  # the family of the problems no flaw touches
+_STEP = re.compile(r"Then \w+ (.+?) (\d+)( more)?$")
+
+
+def _step_verbs(question: str) -> list[str]:
+    """The verb of each step of a question (``sells``, ``gives away``, ``finds`` ...), in order."""
+    sentences = [s.rstrip(".") for s in question.split(". ")]
+    return [m.group(1) for s in sentences if (m := _STEP.match(s))]
+
+
+def flaw_family(question: str) -> str:
+    """The family of a problem under the flaws: the name of the first flaw that misreads one of its steps, else
+    ``other``."""
+    verbs = _step_verbs(question)
+    return next((name for name, verb in FLAWS.items() if verb in verbs), OTHER)
+
+
+def flawed_solution(flaw: str, question: str, solution: str) -> str:
+    """The worked solution a teacher with ``flaw`` learns: the reference solution where the flaw reads no step
+    wrong; otherwise every misread step done by the wrong rule (an addition) and the later lines carried on from
+    the wrong value, down to a wrong ``#### N``."""
+    if flaw not in FLAWS:
+        raise ValueError(f"unknown flaw {flaw!r}; available: {', '.join(FLAWS)}")
+    start, steps = computation({"answer": solution})
+    verbs = _step_verbs(question)
+    if len(verbs) != len(steps):
+        raise ValueError(f"question and solution disagree on the number of steps: {question!r}")
+    value, lines = start, []
+    for (op, n), verb in zip(steps, verbs, strict=True):
+        op = "+" if verb == FLAWS[flaw] else op
+        after = value + n if op == "+" else value - n
+        lines.append(f"{value} {op} {n} = {after}")
+        value = after
+    return "\n".join(lines) + f"\n#### {value}"
 
 
 def split(seed: int, n_test: int, min_steps: int, max_steps: int, max_operand: int,

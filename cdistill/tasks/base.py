@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cdistill.jsonl import read_jsonl as read_rows
@@ -20,6 +20,7 @@ class Problem:
     question: str
     gold: str  # the final answer the verifier compares against
     solution: str  # a reference worked solution (for SFT and for reading reports)
+    family: str | None = None  # the problem's family for per-family evaluation (task.family_field); None: none
 
 
 def gold_from_row(row: dict, answer_format: str) -> str:
@@ -45,6 +46,37 @@ def row_to_problem(row: dict, fields: dict, answer_format: str) -> Problem:
         raise TaskError(f"row has no field(s) {missing}; it has {sorted(row)}")
     solution = row[s]
     return Problem(question=row[q], gold=gold_from_row(row, answer_format), solution=solution)
+
+
+def worked_lines(row: dict, fields: dict) -> str:
+    """How many worked lines a GSM8K-format solution has before its ``####`` line (a difficulty proxy)."""
+    return str(sum(1 for line in row[fields["solution"]].split("####")[0].splitlines() if line.strip()))
+
+
+# families no row field holds but a row implies: name -> (the answer format it needs, the family of a row)
+DERIVED_FAMILIES = {"steps": ("gsm8k", worked_lines)}
+
+
+def row_family(row: dict, field: str, fields: dict, answer_format: str) -> str:
+    """The family of a row named by ``task.family_field``: the row's own field as text (MATH-500's ``subject`` or
+    ``level``; the embedded task's ``flaw``, ``ops`` or ``item``), else a family derived from the row (``steps``)."""
+    if row.get(field) is not None:
+        return str(row[field])
+    fmt, derive = DERIVED_FAMILIES.get(field, (None, None))
+    if fmt == answer_format:
+        return derive(row, fields)
+    derived = [k for k, (f, _) in DERIVED_FAMILIES.items() if f == answer_format]
+    raise TaskError(f"task.family_field={field!r}: a test row has no field {field!r} (its fields: {sorted(row)}"
+                    + (f"; derived: {', '.join(derived)}" if derived else "") + "): name one of those, or null for "
+                    "no families")
+
+
+def family_order(name: str) -> tuple:
+    """Families in natural order: numbers by value (levels 1..5, 2 before 11), then names alphabetically."""
+    try:
+        return (0, float(name), name)
+    except ValueError:
+        return (1, 0.0, name)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -180,6 +212,10 @@ def build_task(cfg) -> Task:
         }
     fields = {"question": cfg.fields.question, "solution": cfg.fields.solution}
     probs = {k: [row_to_problem(r, fields, cfg.answer_format) for r in v] for k, v in rows.items()}
+    family_field = cfg.get("family_field")
+    if family_field:  # only the test rows are evaluated per family (training rows may lack the field)
+        probs["test"] = [replace(p, family=row_family(r, family_field, fields, cfg.answer_format))
+                         for p, r in zip(probs["test"], rows["test"], strict=True)]
     if not cfg.get("allow_train_on_test", False):
         check_no_shared_questions(cfg.name, probs["train"], probs["test"])
     test = probs["test"]
