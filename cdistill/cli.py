@@ -77,13 +77,17 @@ def guarded(fn):
     return wrapper
 
 
-def requeued(run_dir: Path) -> bool:
+def requeued(run_dir: Path, cfg) -> bool:
     """Whether this run continues one that stopped: the run directory says a signal stopped it (``preempted.json``:
-    the same command again, or a job that submitit requeued), or this is a Slurm job that was requeued (after a
-    preemption, a time limit or a node failure: it may have been killed before it could write the marker)."""
-    from cdistill.preemption import MARKER
+    the same command again, or a job that submitit requeued; with ``overwrite=true`` only the very same command,
+    another one starts over), or this is a Slurm job that was requeued (after a preemption, a time limit or a
+    node failure: it may have been killed before it could write the marker)."""
+    from cdistill.preemption import command_of, stopped_command
 
-    return (run_dir / MARKER).is_file() or os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
+    stopped = stopped_command(run_dir)
+    if stopped is not None and (not cfg.overwrite or stopped == command_of(cfg)):
+        return True
+    return os.environ.get("SLURM_RESTART_COUNT", "0").strip() not in ("", "0")
 
 
 @guarded
@@ -94,7 +98,7 @@ def _train(cfg: DictConfig):
     from cdistill.train import train
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if requeued(run_dir) and not cfg.resume and not (run_dir / "summary.json").is_file():
+    if requeued(run_dir, cfg) and not cfg.resume and not (run_dir / "summary.json").is_file():
         with open_dict(cfg):  # a run stopped by a signal, or a job put back in the queue, continues where it stopped
             cfg.resume = "auto"
     if (run_dir / "summary.json").is_file() and not cfg.overwrite:
@@ -196,12 +200,17 @@ REQUIRED = {"eval": ("run_dir",), "judge": ("run_a", "run_b")}
 
 
 def check_required(cmd: str, overrides: list[str]) -> None:
-    """``cdistill eval`` without ``run_dir=``: Hydra would fail with a traceback while naming the output directory,
-    which is made from it."""
-    given = {o.split("=", 1)[0] for o in overrides if "=" in o}
+    """The run directories of ``eval`` and ``judge``, before Hydra starts: it names its output directory after
+    them and creates it (a typo would leave ``<typo>/eval/<time>/`` behind), and fails with a traceback when one
+    is missing."""
+    given = dict(o.split("=", 1) for o in overrides if "=" in o)
     for key in REQUIRED.get(cmd, ()):
         if key not in given:
             fail(f"{key} is required: cdistill {cmd} {' '.join(f'{k}=<run directory>' for k in REQUIRED[cmd])}")
+    for key in REQUIRED.get(cmd, ()):
+        value = given[key].strip("'\"")
+        if not value or not (Path(value) / "config.yaml").is_file():
+            fail(f"{key}={value or repr(value)} is not a training run directory (no config.yaml there)")
 
 
 def check_groups(overrides: list[str]) -> None:

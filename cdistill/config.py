@@ -22,6 +22,14 @@ def validate(cfg, command: str = "train") -> None:
         if size is not None and size.hidden % size.heads:
             raise ConfigError(f"model.embedded.{role}.size.hidden={size.hidden} is not a multiple of its "
                               f"heads={size.heads}")
+    flaw = cfg.model.get("embedded", {}).get("teacher", {}).get("flaw")
+    if flaw is not None:  # checked again where the teacher is built; here before minutes of other set-up
+        from cdistill.models.embedded import check_flaw
+
+        try:
+            check_flaw(flaw, cfg.task, "teacher")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     try:  # each method checks its own options (and weakest_link its constraint)
         method = build_method(cfg.method, cfg.constraint, cfg.optim)
     except ValueError as e:
@@ -64,6 +72,9 @@ def _device(device) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError(f"device={device} but no CUDA device is available here; use device=auto or device=cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={device} but this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _rollout_backend(r, method) -> None:

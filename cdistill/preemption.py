@@ -14,6 +14,7 @@ arguments, in the same run directory, and the marker makes it resume.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -59,7 +60,8 @@ class Preemption:
     process (main thread only: Python delivers signals there); the previous handlers come back on exit."""
 
     def __enter__(self) -> Preemption:
-        self.signum: int | None = None
+        self.signum: int | None = None  # the latest
+        self.received: set[int] = set()
         self.previous = {}
         self.submitit = submitit_signal()
         # every rank of a run lists the same signals (they share the environment): ``requested`` reduces over it
@@ -70,6 +72,7 @@ class Preemption:
         return self
 
     def _record(self, signum, frame) -> None:
+        self.received.add(signum)
         self.signum = signum
 
     def __exit__(self, *exc) -> None:
@@ -78,10 +81,13 @@ class Preemption:
 
     def requested(self, dist) -> int | None:
         """The signal that asked this run to stop, on any rank (every rank must call this at the same step)."""
-        seen = torch.tensor([float(self.signum == s) for s in self.signals])
+        seen = torch.tensor([float(s in self.received) for s in self.signals])
         if dist.world > 1:  # one rank may have received it alone: all stop together
             seen = dist.sum(seen.to(dist.accelerator.device)).cpu()
-        return next((int(s) for s, n in zip(self.signals, seen.tolist(), strict=True) if n > 0), None)
+        came = [int(s) for s, n in zip(self.signals, seen.tolist(), strict=True) if n > 0]
+        # submitit's signal wins: at a time limit Slurm sends it ahead and SIGTERM at the limit; a step and its
+        # checkpoint that outlast the warning must still requeue the job
+        return self.submitit if self.submitit in came else next(iter(came), None)
 
     def hand_over(self, signum: int):
         """What to call, once the run has stopped, to let submitit do what its signal asks (dump the job for a
@@ -93,9 +99,28 @@ class Preemption:
         return lambda: handler(signum, None)
 
 
-def mark(run_dir: Path, signum: int, step: int, checkpoint: Path | None) -> None:
+def command_of(cfg) -> str:
+    """A digest of the command a run was started with (its whole config but ``resume``, which the continuation
+    sets): the same command again continues a stopped run, even with ``overwrite=true``; another one with
+    ``overwrite=true`` starts the directory over."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("resume", None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def mark(run_dir: Path, signum: int, step: int, checkpoint: Path | None, command: str) -> None:
     """Leave ``preempted.json`` in the run directory, whole or not at all (the main process)."""
     tmp = run_dir / f".{MARKER}.tmp"
     tmp.write_text(json.dumps({"signal": signal.Signals(signum).name, "step": step,
-                               "checkpoint": str(checkpoint) if checkpoint else None}) + "\n")
+                               "checkpoint": str(checkpoint) if checkpoint else None, "command": command}) + "\n")
     os.replace(tmp, run_dir / MARKER)
+
+
+def stopped_command(run_dir: Path) -> str | None:
+    """The command digest of the run that stopped on a signal in ``run_dir``, or None if none did."""
+    try:
+        return json.loads((run_dir / MARKER).read_text()).get("command", "")
+    except (OSError, ValueError):
+        return None

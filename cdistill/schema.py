@@ -46,9 +46,10 @@ class Whole:
     def problem(self, key, v):
         if isinstance(v, bool) or not isinstance(v, int) or (self.lo is not None and v < self.lo) or (
                 self.hi is not None and v > self.hi):
-            what = "a whole number" + ("" if self.lo is None else " of at least 1" if self.lo == 1
-                                        else f" >= {self.lo}") + ("" if self.hi is None else f" and <= {self.hi}")
-            return f"{key} must be {what}, got {_shown(v)}"
+            bounds = [] if self.lo is None else ["of at least 1" if self.lo == 1 else f">= {self.lo}"]
+            bounds += [] if self.hi is None else [f"<= {self.hi}"]
+            return f"{key} must be {' and '.join(['a whole number', *bounds]).replace('number and', 'number')}, " \
+                   f"got {_shown(v)}"
         return None
 
 
@@ -60,17 +61,20 @@ class Real:
     hi: float | None = None
     open_lo: bool = False
     open_hi: bool = False
+    unbounded: bool = False  # +inf allowed: a limit that is off (optim.grad_clip=inf clips nothing)
 
     def problem(self, key, v):
         if isinstance(v, bool) or not isinstance(v, int | float):
             return f"{key} must be a number, got {_shown(v)}"
-        if not math.isfinite(v):  # a NaN compares false with everything and would pass every range check
-            return f"{key} must be a finite number, got {v}"
+        if not (math.isfinite(v) or (self.unbounded and v == math.inf)):  # NaN would pass every range check
+            return f"{key} must be a finite number{' or inf' if self.unbounded else ''}, got {v}"
         low = self.lo is not None and (v <= self.lo if self.open_lo else v < self.lo)
         high = self.hi is not None and (v >= self.hi if self.open_hi else v > self.hi)
         return f"{key} must be {self.range()}, got {v}" if low or high else None
 
     def range(self) -> str:
+        if self.lo is None:
+            return f"{'<' if self.open_hi else '<='} {self.hi:g}"
         if self.hi is None:
             return "positive" if self.lo == 0 and self.open_lo else f"{'>' if self.open_lo else '>='} {self.lo:g}"
         return f"in {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}{')' if self.open_hi else ']'}"
@@ -137,10 +141,11 @@ class Device:
         return None if ok else f"{key} must be auto, cpu or cuda[:N], got {_shown(v)}"
 
 
-SEED = Whole(0, 2**32 - 1)  # numpy's seeds are unsigned 32-bit
+SEED = Whole(0, 2**31 - 1)  # numpy's seeds are unsigned 32-bit, and each process adds its rank
 COUNT = Whole(1)
 DTYPE = OneOf(("float32", "bfloat16", "float16"))
 POSITIVE = Real(0, open_lo=True)
+LIMIT = Real(0, open_lo=True, unbounded=True)
 NONNEGATIVE = Real(0)
 FRACTION = Real(0, 1)
 
@@ -166,7 +171,7 @@ TRAIN: dict[str, object] = {
     "method.beta": FRACTION, "method.on_policy_fraction": FRACTION,
     "method.off_policy": OneOf(("teacher", "reference")),
     "method.controller": OneOf(("dual_ascent", "pid")), "method.init": NONNEGATIVE, "method.lr": NONNEGATIVE,
-    "method.ema_decay": Real(0, 1, open_hi=True), "method.lam_max": POSITIVE,
+    "method.ema_decay": Real(0, 1, open_hi=True), "method.lam_max": Real(0, unbounded=True),
     "method.pid.kp": NONNEGATIVE, "method.pid.ki": NONNEGATIVE, "method.pid.kd": NONNEGATIVE,
     "method.estimator": OneOf(("sampled", "full")), "method.returns": OneOf(("token", "to_go")),
     "method.budget_clip": POSITIVE,
@@ -175,13 +180,13 @@ TRAIN: dict[str, object] = {
     "constraint.pathwise_gradient": Flag(),
     "rollout.backend": OneOf(BACKENDS), "rollout.importance_correction": OneOf(LEVELS),
     "rollout.prompts_per_step": COUNT, "rollout.samples_per_prompt": COUNT, "rollout.max_new_tokens": COUNT,
-    "rollout.temperature": POSITIVE, "rollout.top_p": Real(0, 1, open_lo=True), "rollout.importance_cap": POSITIVE,
+    "rollout.temperature": POSITIVE, "rollout.top_p": Real(0, 1, open_lo=True), "rollout.importance_cap": LIMIT,
     "rollout.vllm.gpu_memory_utilization": Real(0, 1, open_lo=True), "rollout.vllm.dtype": DTYPE,
     "rollout.vllm.max_model_len": Maybe(COUNT), "rollout.vllm.enforce_eager": Flag(), "rollout.vllm.sleep": Flag(),
     "optim.steps": COUNT, "optim.lr": POSITIVE, "optim.betas": Seq(Real(0, 1, open_hi=True), 2),
     "optim.weight_decay": NONNEGATIVE, "optim.warmup": Whole(0), "optim.schedule": OneOf(("constant", "cosine")),
-    "optim.grad_clip": POSITIVE, "optim.inner_epochs": COUNT, "optim.micro_batch": COUNT,
-    "optim.clip_low": Real(0, 1, open_lo=True, open_hi=True), "optim.clip_high": POSITIVE,
+    "optim.grad_clip": LIMIT, "optim.inner_epochs": COUNT, "optim.micro_batch": COUNT,
+    "optim.clip_low": Real(0, 1, open_lo=True), "optim.clip_high": POSITIVE,
     "optim.adv_scale": OneOf(SCALES), "optim.adv_baseline": OneOf(BASELINES),
     "scoring.chunk": COUNT, "scoring.micro_batch": COUNT, "scoring.share_prompt": Flag(),
     "scoring.reuse_student_pass": Flag(),
@@ -190,7 +195,7 @@ TRAIN: dict[str, object] = {
     "logging.progress": Flag(), "logging.wandb.enabled": Flag(),
     "logging.wandb.mode": OneOf(("offline", "online", "disabled")), "logging.wandb.project": Text(),
     "logging.wandb.entity": Maybe(Text()),
-    "checkpoint.every": Whole(0), "checkpoint.keep": COUNT,
+    "checkpoint.every": Whole(0), "checkpoint.keep": Whole(0),  # keep=0: every checkpoint
     "guards.max_bad_steps": COUNT,
     "resume": Maybe(Text()), "paths.cache": Text(), "seed": SEED, "device": Device(),
     "autocast": Maybe(OneOf(("bfloat16", "float16"))), "save_student": Flag(), "overwrite": Flag(), "debug": Flag(),
@@ -201,7 +206,7 @@ TRAIN: dict[str, object] = {
     "model.student.lora.target_modules": Seq(Text()),
     "model.teacher.quantization": Maybe(OneOf(("8bit", "4bit"))), "model.teacher.shard": Flag(),
     "model.embedded.seed": SEED, "model.embedded.sft_problems": COUNT,
-    "model.embedded.tokenizer.vocab_size": Whole(64),  # room for the byte-level alphabet and special tokens
+    "model.embedded.tokenizer.vocab_size": COUNT,
     **_embedded_model("teacher"), **_embedded_model("student"),
     "model.embedded.teacher.flaw": Maybe(OneOf(("sells",))),
     "task.name": Text(), "task.source": Text(), "task.hub_config": Maybe(Text()),
@@ -234,22 +239,24 @@ JUDGE: dict[str, object] = {
 TABLES = {"train": TRAIN, "eval": EVAL, "judge": JUDGE}
 
 
-def leaves(node, prefix: str = ""):
+def leaves(node, prefix: str = "", copies: bool = False):
     """``(dotted key, value)`` for every setting under ``node`` (an OmegaConf config), values resolved; a
-    mapping is a leaf too when the table gives it an entry of its own (``Section``), then its keys follow."""
+    mapping is a leaf too when the table gives it an entry of its own (``Section``), then its keys follow.
+    Interpolated settings (``${model.student.dtype}``, ``${oc.env:LR}``) only with ``copies``: walked after the
+    rest, a bad value is named where it was set."""
     from omegaconf import OmegaConf
 
     for key in node:
         full = f"{prefix}{key}"
         if OmegaConf.is_missing(node, key):
             raise ConfigError(f"{full} is required: give {full}=<value>")
-        if OmegaConf.is_interpolation(node, key):  # a copy of another setting, which is checked (and named) there
-            continue
+        copy = OmegaConf.is_interpolation(node, key)
         value = node[key]
         if OmegaConf.is_dict(value):
-            yield full, OmegaConf.to_container(value, resolve=True)
-            yield from leaves(value, full + ".")
-        else:
+            if copy == copies:
+                yield full, OmegaConf.to_container(value, resolve=True)
+            yield from leaves(value, full + ".", copies)
+        elif copy == copies:
             yield full, OmegaConf.to_container(value, resolve=True) if OmegaConf.is_list(value) else value
 
 
@@ -257,7 +264,7 @@ def check(cfg, command: str, unknown: bool = True) -> None:
     """Refuse the first value of ``cfg`` that its entry in ``TABLES[command]`` does not allow, in one line;
     with ``unknown``, refuse a key without an entry too."""
     table = TABLES[command]
-    for key, value in leaves(cfg):
+    for key, value in [*leaves(cfg), *leaves(cfg, copies=True)]:
         spec = table.get(key)
         if spec is None:
             if isinstance(value, dict) or not unknown:  # a plain mapping: its keys are checked one by one

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from cdistill.models.loading import Components, build_components, resolve_model_
 from cdistill.models.parallel import Dist, Sharded, StudentForward, write_rank_state
 from cdistill.objectives import MicroBatch, Scored, clipped_policy_loss, truncated_importance_weights
 from cdistill.optim import build_optimizer, build_scheduler
-from cdistill.preemption import MARKER, Preempted, Preemption, mark
+from cdistill.preemption import MARKER, Preempted, Preemption, command_of, mark
 from cdistill.rollout.engines import EngineSampler, build_sampler
 from cdistill.rollout.sampling import Rollout, generation_config
 from cdistill.rollout.source import Source
@@ -96,6 +97,10 @@ def train(cfg, run_dir: Path) -> dict:
     # pass, so that the finished run ends as finished instead of losing that work.
     with Preemption() as preemption:
         run = set_up(cfg, run_dir)
+        signum = preemption.requested(run.dist)
+        if signum is not None:  # before the start-of-run evaluations, which take minutes on real models too
+            path, saved = (run.resume[0], run.resume[2]) if run.resume else (None, {"step": 0})
+            stop(run, LoopState(saved["step"], last_checkpoint=path), preemption, signum, in_set_up=True)
         state = start_or_resume(run)
         signum = preemption.requested(run.dist)
         if signum is not None:
@@ -120,7 +125,7 @@ def stop(run: Run, state: LoopState, preemption: Preemption, signum: int, in_set
     """End the run on a signal, its last step saved: leave the marker that lets the same run directory continue
     by itself, and raise ``Preempted`` (``cdistill.cli`` then exits 75, or lets submitit requeue the job)."""
     if run.dist.is_main:
-        mark(run.run_dir, signum, state.step, state.last_checkpoint)
+        mark(run.run_dir, signum, state.step, state.last_checkpoint, command_of(run.cfg))
     # no rank exits before the marker is written: torchrun stops (SIGTERM, then SIGKILL) the others once one exits
     run.dist.barrier()
     raise Preempted(signum, state.step, state.last_checkpoint, run.run_dir, in_set_up=in_set_up,
@@ -315,6 +320,9 @@ def start_or_resume(run: Run) -> LoopState:
     if dist.is_main:  # a fresh run (overwrite=true included) starts its logs from nothing
         for name in ("metrics.jsonl", "evals.jsonl"):
             (run.run_dir / name).unlink(missing_ok=True)
+        if cfg.overwrite:  # and nothing of the run it replaces may pass for its own: a resume would pick up the
+            (run.run_dir / "summary.json").unlink(missing_ok=True)  # old checkpoints, pruning would delete its own
+            shutil.rmtree(run.run_dir / "checkpoints", ignore_errors=True)
     state = LoopState()
     if cfg.eval.at_start and run.evaluates:
         state.start_reports["student"] = evaluate_and_log(run, 0)
@@ -384,6 +392,8 @@ def finish(run: Run, state: LoopState, train_seconds: float) -> dict:
         summary["start_satisfaction_rate"] = student["satisfaction_rate"]
         summary["teacher_accuracy_sampled"] = teacher["accuracy_sampled"]
         summary["teacher_accuracy_greedy"] = teacher["accuracy_greedy"]
+        if "families" in teacher:  # where the teacher is right and wrong (task.family_field)
+            summary["teacher_families"] = teacher["families"]
     # summary.json says the run finished: written whole or not at all (a full disk must not leave half of one)
     with disk_space_hint(run.run_dir, "summary.json"):
         tmp = run.run_dir / ".summary.json.tmp"

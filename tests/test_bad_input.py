@@ -57,7 +57,7 @@ def train(tmp_path, *overrides):
     ("rollout.top_p=1.5", "cdistill: error: rollout.top_p must be in (0, 1], got 1.5"),
     ("rollout.top_p=0", "cdistill: error: rollout.top_p must be in (0, 1], got 0"),
     ("eval.n_problems=0", "cdistill: error: eval.n_problems must be a whole number of at least 1, got 0"),
-    ("seed=1.5", "cdistill: error: seed must be a whole number >= 0 and <= 4294967295, got 1.5"),
+    ("seed=1.5", "cdistill: error: seed must be a whole number >= 0 and <= 2147483647, got 1.5"),
     ("device=tpu", "cdistill: error: device must be auto, cpu or cuda[:N], got 'tpu'"),
     ("model.student.name_or_path=/nonexistent/model", "cdistill: error: model.student.name_or_path: no such model "
                                                       "directory /nonexistent/model"),

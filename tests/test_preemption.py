@@ -17,7 +17,7 @@ from helpers import TINY, tiny_cfg
 from safetensors.torch import load_file
 
 from cdistill.cli import requeued
-from cdistill.preemption import MARKER, Preempted
+from cdistill.preemption import MARKER, Preempted, Preemption, command_of, mark
 from cdistill.train import train
 
 # long enough to be stopped in the middle; only the stop writes a checkpoint
@@ -68,17 +68,61 @@ def test_a_signal_during_set_up_stops_before_the_first_step_and_the_directory_th
     signal_during(monkeypatch, "build_components")  # while the models are built
     run = tmp_path / "run"
     run.mkdir()
-    cfg = tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=false", cache=cache)
+    cfg = tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=true", cache=cache)
     with pytest.raises(Preempted) as stopped:
         train(cfg, run)
     assert str(stopped.value) == (f"stopped by SIGTERM during set-up, before step 1, no checkpoint yet; the same "
                                   f"command with hydra.run.dir={run} continues it")
     assert stopped.value.hand_over is None and not (run / "checkpoints").exists()
-    assert json.loads((run / MARKER).read_text()) == {"signal": "SIGTERM", "step": 0, "checkpoint": None}
-    assert requeued(run)  # the CLI then sets resume=auto: with no checkpoint, the run starts from nothing
+    assert not (run / "evals.jsonl").exists()  # stopped before the start-of-run evaluations, not after them
+    assert json.loads((run / MARKER).read_text()) == {"signal": "SIGTERM", "step": 0, "checkpoint": None,
+                                                      "command": command_of(cfg)}
+    assert requeued(run, cfg)  # the CLI then sets resume=auto: with no checkpoint, the run starts from nothing
     monkeypatch.undo()
-    summary = train(tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=false", "resume=auto", cache=cache), run)
-    assert summary["steps"] == 2 and not (run / MARKER).exists() and not requeued(run)
+    summary = train(tiny_cfg(tmp_path, "optim.steps=2", "eval.at_start=true", "resume=auto", cache=cache), run)
+    assert summary["steps"] == 2 and not (run / MARKER).exists() and not requeued(run, cfg)
+
+
+def test_overwrite_starts_a_stopped_directory_over_unless_it_is_the_very_command_that_stopped(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    stopped_cfg = tiny_cfg(tmp_path, "optim.steps=5", "overwrite=true")
+    mark(run, signal.SIGTERM, 3, None, command_of(stopped_cfg))
+    assert requeued(run, stopped_cfg)  # the same command again (a requeue of it) continues
+    assert requeued(run, tiny_cfg(tmp_path, "optim.steps=5", "overwrite=true", "resume=auto"))  # resume is not it
+    assert not requeued(run, tiny_cfg(tmp_path, "optim.steps=7", "overwrite=true"))  # another command starts over
+    assert requeued(run, tiny_cfg(tmp_path, "optim.steps=7"))  # without overwrite the marker continues it
+
+
+def test_a_fresh_start_with_overwrite_leaves_nothing_of_the_run_it_replaces(tmp_path, cache):
+    run = tmp_path / "run"
+    run.mkdir()
+    train(tiny_cfg(tmp_path, "optim.steps=3", "checkpoint.every=1", "checkpoint.keep=5", "eval.at_start=false",
+                   cache=cache), run)
+    assert (run / "checkpoints" / "step-000002").is_dir()
+    # the new run's only checkpoint is older than the old run's: pruning or resume=auto would pick the wrong one
+    train(tiny_cfg(tmp_path, "optim.steps=1", "checkpoint.every=0", "eval.at_start=false", "overwrite=true",
+                   cache=cache), run)
+    assert not (run / "checkpoints").exists()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 1
+
+
+def test_submitits_signal_wins_over_a_later_sigterm(monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    usr = int(submitit.JobEnvironment._usr_sig())
+    monkeypatch.setenv("SUBMITIT_FOLDER", "x")
+
+    class Alone:
+        world = 1
+
+    with Preemption() as preemption:  # at a time limit Slurm warns with submitit's signal, then sends SIGTERM
+        preemption._record(usr, None)
+        preemption._record(signal.SIGTERM, None)
+        assert preemption.requested(Alone()) == usr
+    with Preemption() as preemption:
+        assert preemption.requested(Alone()) is None
+        preemption._record(signal.SIGUSR1, None)
+        assert preemption.requested(Alone()) == signal.SIGUSR1
 
 
 def test_a_signal_while_the_run_finishes_lets_it_finish(tmp_path, cache, monkeypatch, survives_signals, caplog):

@@ -18,7 +18,9 @@ class Lagrangian(Method):
         super().__init__(cfg, constraint, optim, **kwargs)
         if cfg.controller not in CONTROLLERS:
             raise ValueError(f"unknown multiplier controller {cfg.controller!r}; expected one of {sorted(CONTROLLERS)}")
-        self.check_nonnegative("init", "lr", "lam_max")
+        self.check_nonnegative("init", "lr")
+        if not cfg.lam_max >= 0:  # inf: no cap on the multiplier
+            raise ValueError(f"method.lam_max must be >= 0 (or inf), got {cfg.lam_max}")
         if not 0 <= cfg.ema_decay < 1:
             raise ValueError(f"method.ema_decay must be in [0, 1), got {cfg.ema_decay}")
         for gain, value in (cfg.get("pid") or {}).items() if cfg.controller == "pid" else ():
