@@ -59,10 +59,11 @@ def test_pareto_plots_c_of_y_only_when_every_run_measures_it_the_same_way():
 
 
 def replicate(root, name, *, method="soft_penalty", seed=0, penalty=0.1, d=10.0, correct, divergence, peak=None,
-              logging_mode="offline", families=None, start=None):
+              logging_mode="offline", families=None, start=None, teacher=None):
     """A finished run as cdistill writes it: resolved config, summary and per-problem evaluation records
     (``correct[i]`` and ``divergence[i]``: problem i's sampled completions; ``families[i]``: problem i's family),
-    and with ``start`` the start evaluation's per-family report in ``evals.jsonl``."""
+    and with ``start`` the start evaluation's per-family report in ``evals.jsonl`` (``teacher``: the teacher's, in the
+    summary)."""
     run = root / name
     run.mkdir(parents=True)
     config = {"seed": seed, "method": {"name": method, "penalty": penalty},
@@ -84,7 +85,8 @@ def replicate(root, name, *, method="soft_penalty", seed=0, penalty=0.1, d=10.0,
     flat = [x for c in correct for x in c]
     summary = {"method": method, "threshold": d, "cost": "logratio", "kind": "sum",
                "trains_on_budget": method not in ("soft_penalty", "grpo"),
-               "accuracy_sampled": sum(flat) / len(flat), "divergence_mean": 1.0, "steps": 3}
+               "accuracy_sampled": sum(flat) / len(flat), "divergence_mean": 1.0, "steps": 3,
+               **({"teacher_families": teacher} if teacher else {})}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -183,7 +185,8 @@ def test_report_shows_per_family_accuracy_gain_and_divergence_with_intervals(tmp
     start = {"sells": {"accuracy_sampled": 0.25, "divergence_mean": 3.0},
              "other": {"accuracy_sampled": 0.5, "divergence_mean": 1.0}}
     for seed, sells_ok in ((0, [1, 1]), (1, [1, 0])):
-        replicate(tmp_path, f"s{seed}", seed=seed, families=families, start=start,
+        teacher = {"sells": {"accuracy_sampled": 0.0}, "other": {"accuracy_sampled": 0.7 + 0.1 * seed}}
+        replicate(tmp_path, f"s{seed}", seed=seed, families=families, start=start, teacher=teacher,
                   correct=[sells_ok] * 4 + [[1, 0]] * 6, divergence=[[12.0, 14.0]] * 4 + [[2.0, 2.0]] * 6)
     report_main([str(tmp_path)])
     out = capsys.readouterr().out
@@ -194,12 +197,12 @@ def test_report_shows_per_family_accuracy_gain_and_divergence_with_intervals(tmp
             for line in md.splitlines() if line.startswith("| soft_penalty | - | 0,1 |")}
     assert set(rows) == {"sells", "other"}  # natural order, one row per family
     sells, other = rows["sells"], rows["other"]
-    assert sells[4:6] == ["4", "0.250"] and other[4:6] == ["6", "0.500"]
+    assert sells[4:7] == ["4", "0.000", "0.250"] and other[4:7] == ["6", "0.750", "0.500"]  # teacher: seeds' mean
     # sells: seed 0 right on every sample, seed 1 on half: mean 0.75, gain 0.75 - 0.25 = 0.5; other: no gain
-    assert sells[6].startswith("0.750 [") and sells[7].startswith("+0.500 [") and sells[8] == "3.00"
-    assert sells[9] == "13.00 [13.00, 13.00]"
-    assert other[6] == "0.500 [0.500, 0.500]" and other[7] == "+0.000 [+0.000, +0.000]" and other[9].startswith("2.00")
-    assert sells[10] == "0.000 [0.000, 0.000]" and other[10] == "1.000 [1.000, 1.000]"  # satisfied: C(y) <= 10
+    assert sells[7].startswith("0.750 [") and sells[8].startswith("+0.500 [") and sells[9] == "3.00"
+    assert sells[10] == "13.00 [13.00, 13.00]"
+    assert other[7] == "0.500 [0.500, 0.500]" and other[8] == "+0.000 [+0.000, +0.000]" and other[10].startswith("2.00")
+    assert sells[11] == "0.000 [0.000, 0.000]" and other[11] == "1.000 [1.000, 1.000]"  # satisfied: C(y) <= 10
     assert "| sells |" in out  # printed too
 
 

@@ -133,40 +133,48 @@ def plot_curves(groups: list[Group], out: Path, window: int = 10) -> None:
 
 
 def plot_families(rows, out: Path) -> None:
-    """Where each group spends its divergence: per family of problems, the accuracy gained over the start student
-    against mean C(y), with 95% intervals on both axes. One colour per group, one marker per family.
+    """Where each group spends its divergence: one panel per family of problems, each group's accuracy gained over
+    the start student against its mean C(y) there, with 95% intervals on both axes; one colour and marker per
+    group, the same in every panel, so a group's points can be followed from family to family.
 
     ``rows`` are ``cdistill.eval.report.FamilyRow``s (a group, a family, Intervals for ``gain`` and
     ``divergence``); a row without a gain (no start evaluation) is left out."""
     plt = _pyplot()
     groups = list(dict.fromkeys(id(r.group) for r in rows))
     families = list(dict.fromkeys(r.family for r in rows))
+    cols = min(len(families), 3)
+    nrows = -(-len(families) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.9 * nrows + 0.9), squeeze=False, sharey=True)
     cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(7.2, 5.0))
-    seen = set()
-    for r in rows:
-        if r.gain is None or r.divergence is None:
-            continue
-        gi, fi = groups.index(id(r.group)), families.index(r.family)
-        color, marker = cmap(gi % cmap.N), MARKERS[fi % len(MARKERS)]
-        xerr, yerr = _errors([(0, 0, r.divergence, r.gain)], 2), _errors([(0, 0, r.divergence, r.gain)], 3)
-        ax.errorbar([r.divergence.mean], [r.gain.mean], xerr=xerr, yerr=yerr, color=color, marker=marker, capsize=3,
-                    lw=0, elinewidth=0.8, markersize=7, alpha=0.85,
-                    label=r.group.name if r.group.name not in seen else None)
-        seen.add(r.group.name)
-        ax.annotate(r.family, (r.divergence.mean, r.gain.mean), fontsize=6.5, textcoords="offset points",
-                    xytext=(5, 4))
-    ax.axhline(0.0, color="grey", ls=":", lw=1)
-    ax.set_xlabel("mean divergence C(y) from the teacher on the family (held-out samples)")
-    ax.set_ylabel("accuracy (sampled) minus the start student's, on the family")
-    ax.set_title("per family: accuracy gained against divergence spent (95% intervals over seeds and problems)",
-                 fontsize=9)
-    ax.grid(alpha=0.3)
-    if seen:
-        ax.legend(fontsize=8)
-    else:
-        ax.text(0.5, 0.5, "no run has a start evaluation per family", ha="center", va="center",
-                transform=ax.transAxes, color="grey")
-    fig.tight_layout()
+    handles = {}
+    for fi, family in enumerate(families):
+        ax = axes[fi // cols][fi % cols]
+        shown = [r for r in rows if r.family == family and r.gain is not None and r.divergence is not None]
+        for r in shown:
+            gi = groups.index(id(r.group))
+            h = ax.errorbar([r.divergence.mean], [r.gain.mean], xerr=_errors([(0, 0, r.divergence, r.gain)], 2),
+                            yerr=_errors([(0, 0, r.divergence, r.gain)], 3), color=cmap(gi % cmap.N),
+                            marker=MARKERS[gi % len(MARKERS)], capsize=3, lw=0, elinewidth=0.8, markersize=6,
+                            alpha=0.85)
+            handles.setdefault(r.group.name, h)
+        first = next((r for r in rows if r.family == family), None)
+        teacher = "" if first is None or first.teacher_accuracy is None else \
+            f"; teacher acc {first.teacher_accuracy:.2f}"
+        ax.set_title(f"family {family!r} ({first.n_problems if first else '?'} problems{teacher})", fontsize=9)
+        ax.axhline(0.0, color="grey", ls=":", lw=1)
+        ax.set_xlabel("mean C(y) on the family", fontsize=8)
+        ax.grid(alpha=0.3)
+        if not shown:
+            ax.text(0.5, 0.5, "no start evaluation per family", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
+    for ax in axes.flat[len(families):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("accuracy gained over the start (sampled)", fontsize=8)
+    fig.suptitle("per family: accuracy gained against divergence spent (95% intervals over seeds and problems)",
+                 fontsize=10)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * (-(-len(handles) // 4)), 1, 0.95))
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -208,6 +208,7 @@ class FamilyRow:
     satisfied: Interval | None
     start_accuracy: float | None
     start_divergence: float | None
+    teacher_accuracy: float | None  # the teacher's sampled accuracy on the family (mean over seeds' evaluations)
 
 
 def family_rows(groups: list[Group]) -> list[FamilyRow]:
@@ -232,10 +233,14 @@ def family_row(g: Group, family: str) -> FamilyRow:
     def start_mean(metric: str) -> float | None:
         return float(np.mean([x[metric] for x in known])) if known else None
 
+    teacher = [((r.summary.get("teacher_families") or {}).get(family) or {}).get("accuracy_sampled") for r in g.runs]
+    teacher = [t for t in teacher if t is not None]
+
     return FamilyRow(g, family, 0 if acc is None else acc.shape[1], interval("accuracy_sampled", acc), gain,
                      interval("divergence_mean", g.matrix("divergence_mean", family=family)),
                      interval("satisfaction_rate", g.matrix("satisfaction_rate", family=family)),
-                     start_mean("accuracy_sampled"), start_mean("divergence_mean"))
+                     start_mean("accuracy_sampled"), start_mean("divergence_mean"),
+                     float(np.mean(teacher)) if teacher else None)
 
 
 def start_of(run, family: str) -> dict | None:
@@ -244,16 +249,17 @@ def start_of(run, family: str) -> dict | None:
 
 
 def family_table(rows: list[FamilyRow]) -> str:
-    cols = ["method", "settings", "seeds", "family", "problems", "start acc", "acc (sampled)", "Δ acc over start",
-            "start C(y)", "mean C(y)", "satisfied at end"]
+    cols = ["method", "settings", "seeds", "family", "problems", "teacher acc", "start acc", "acc (sampled)",
+            "Δ acc over start", "start C(y)", "mean C(y)", "satisfied at end"]
     out = []
     for r in rows:
         g = r.group
         seeds = ",".join(str(s) for s in g.seeds) if all(s is not None for s in g.seeds) else str(len(g.runs))
-        plain = ["-" if v is None else spec.format(v) for v, spec in ((r.start_accuracy, "{:.3f}"),
+        plain = ["-" if v is None else spec.format(v) for v, spec in ((r.teacher_accuracy, "{:.3f}"),
+                                                                      (r.start_accuracy, "{:.3f}"),
                                                                       (r.start_divergence, "{:.2f}"))]
-        out.append([g.method, g.label or "-", seeds, r.family, str(r.n_problems), plain[0],
-                    cell(r.accuracy, None, "{:.3f}"), cell(r.gain, None, "{:+.3f}"), plain[1],
+        out.append([g.method, g.label or "-", seeds, r.family, str(r.n_problems), plain[0], plain[1],
+                    cell(r.accuracy, None, "{:.3f}"), cell(r.gain, None, "{:+.3f}"), plain[2],
                     cell(r.divergence, None, "{:.2f}"), cell(r.satisfied, None, "{:.3f}")])
     return markdown(cols, out)
 
