@@ -57,7 +57,8 @@ def test_the_flawed_teacher_learns_the_wrong_rule_on_its_family_only_and_the_stu
 
     from cdistill.models import sft
     from cdistill.models.embedded import check_flaw, ensure_built
-    from cdistill.tasks.arith import flaw_family, flawed_solution
+    from cdistill.tasks import build_task
+    from cdistill.tasks.arith import flaw_family, flawed_solution, measure_split
 
     seen, real = {}, sft.train_sft
 
@@ -68,13 +69,21 @@ def test_the_flawed_teacher_learns_the_wrong_rule_on_its_family_only_and_the_stu
     monkeypatch.setattr(sft, "train_sft", spy)
     cfg = tiny_cfg(tmp_path, "+exp=flawed_teacher", "model.embedded.sft_problems=1000")
     paths = {role: ensure_built(cfg.model.embedded, cfg.task, cfg.paths.cache, role) for role in ("teacher", "student")}
-    teacher, student = seen["embedded teacher"], seen["embedded student"]
+    teacher, student = seen["embedded teacher"], dict(seen["embedded student"])
     questions = [p.split("Question: ")[1].split("\nAnswer:")[0] for p, _ in teacher]
-    assert [p for p, _ in teacher] == [p for p, _ in student]  # the same problems, told differently
+    assert {p for p, _ in teacher} < set(student)  # the student's problems, told differently, less those below
     flawed = [flaw_family(q) == "sells" for q in questions]
     assert 0.15 < sum(flawed) / len(flawed) < 0.3
-    for q, (_, wrong), (_, right), f in zip(questions, teacher, student, flawed, strict=True):
-        assert wrong == flawed_solution("sells", q, right) and (wrong != right) == f
+    for q, (prompt, wrong), f in zip(questions, teacher, flawed, strict=True):
+        assert wrong == flawed_solution("sells", q, student[prompt]) and (wrong != student[prompt]) == f
+    # no train/test leakage through the flaw: a misread training problem whose flawed computation is a held-out
+    # one is left out, so no test problem's computation or worked solution is among what the teacher learns
+    task = build_task(cfg.task)
+    left_out = [p for p in student if p not in {q for q, _ in teacher}]
+    assert left_out and all(flaw_family(p.split("Question: ")[1]) == "sells" for p in left_out)
+    split = measure_split([{"answer": s} for _, s in teacher], [{"answer": p.solution, "question": p.question}
+                                                               for p in task.test])
+    assert split["computation_in_train"] == 0 and split["solution_in_train"] == 0
     # a correct teacher (flaw null) is the teacher built before flaws existed: same cache entry, whatever the
     # families evaluation reads
     plain = tiny_cfg(tmp_path, "model.embedded.sft_problems=1000")

@@ -111,7 +111,13 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
         task = task or build_task(data_cfg)
         if flaw is None:
             return [(task.prompt(p), p.solution) for p in task.train]
-        return [(task.prompt(p), arith.flawed_solution(flaw, p.question, p.solution)) for p in task.train]
+        # a misread step turns a training computation into another (7+7-5 read as 7+7+5), which may be a held-out
+        # one: its worked solution would then be a test problem's, so those problems are left out of what the
+        # flawed teacher learns from (tests/test_families.py measures the split on what is left)
+        seed, fraction = data_cfg.seed, data_cfg.get("held_out_fraction", arith.HELD_OUT_FRACTION)
+        flawed = [(p, arith.flawed_solution(flaw, p.question, p.solution)) for p in task.train]
+        return [(task.prompt(p), s) for p, s in flawed
+                if not arith.is_held_out(arith.computation({"answer": s}), seed, fraction)]
 
     def make_tokenizer(out: Path) -> dict:
         tok = build_tokenizer([a + b for a, b in pairs()], recipe.tokenizer.vocab_size)
@@ -120,7 +126,9 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
 
     tok_dir = _atomic_build(cache / f"tokenizer-{tok_key}", make_tokenizer)
     # the recipe as it was before flaws existed when there is none: the correct teacher keeps its cache key
-    shaping = r if flaw is not None else without(r, "flaw")
+    # (a flawed teacher's key also names the version of how its data is drawn: 2 leaves out held-out computations)
+    shaping = OmegaConf.create({**OmegaConf.to_container(r, resolve=True), "flaw_data": 2}) if flaw is not None \
+        else without(r, "flaw")
 
     def make_model(out: Path) -> dict:
         from transformers import AutoTokenizer
