@@ -30,6 +30,10 @@ def validate(cfg, command: str = "train") -> None:
             check_flaw(flaw, cfg.task, "teacher")
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if cfg.model.teacher.name_or_path != "embedded:teacher":
+            raise ConfigError(f"model.embedded.teacher.flaw={flaw} is taught to the embedded teacher, but the teacher "
+                              f"is {cfg.model.teacher.name_or_path}: set the flaw to null or the teacher to "
+                              "embedded:teacher")
     try:  # each method checks its own options (and weakest_link its constraint)
         method = build_method(cfg.method, cfg.constraint, cfg.optim)
     except ValueError as e:

@@ -224,7 +224,7 @@ TRAIN: dict[str, object] = {
 
 EVAL: dict[str, object] = {
     "run_dir": Text(), "checkpoint": Maybe(Text()), "threshold": Maybe(POSITIVE), "n_problems": Maybe(COUNT),
-    "samples": Maybe(COUNT), "device": Maybe(Device()), "seed": SEED,
+    "samples": Maybe(COUNT), "device": Maybe(Device()), "family_field": Maybe(Text()), "seed": SEED,
 }
 
 JUDGE: dict[str, object] = {

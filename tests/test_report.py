@@ -210,3 +210,13 @@ def test_no_family_section_without_families(tmp_path):
     replicate(tmp_path, "r", correct=[[1, 0]] * 3, divergence=[[1.0, 1.0]] * 3)
     report_main([str(tmp_path)])
     assert "Per family" not in (tmp_path / "report.md").read_text() and not (tmp_path / "families.png").exists()
+
+
+def test_replicates_that_tag_their_problems_differently_get_no_family_rows_and_a_line_says_so(tmp_path, capsys):
+    # task.family_field does not change what a run measures (a resource key), so these two seeds are one group;
+    # their families disagree (one run evaluated none): no per-family row may mix them, and nothing may crash
+    replicate(tmp_path, "s0", seed=0, families=["sells", "other"], correct=[[1, 0]] * 2, divergence=[[1.0, 1.0]] * 2)
+    replicate(tmp_path, "s1", seed=1, correct=[[1, 1]] * 2, divergence=[[1.0, 1.0]] * 2)
+    report_main([str(tmp_path)])
+    assert "Per family" not in (tmp_path / "report.md").read_text()
+    assert "its runs tag their problems with different families (or some with none)" in capsys.readouterr().err

@@ -242,6 +242,9 @@ def test_family_field_tags_each_test_problem_from_its_row_or_a_derived_family(tm
                                         r"fields: \['answer', 'question'\]; derived: steps\)"):
         build_task(task_cfg("gsm8k", f"task.test_source={p}", f"task.train_source={p}",
                             "task.allow_train_on_test=true", "task.family_field=subject"))
+    with pytest.raises(TaskError, match=r"task.family_field='question' splits the 569 test problems into 569 "
+                                        r"families; per-family evaluation needs groups of problems \(at most 50\)"):
+        build_task(task_cfg("arith", "task.n_train=50", "task.family_field=question"))
 
 
 @needs_data

@@ -157,10 +157,10 @@ def plot_families(rows, out: Path) -> None:
                             marker=MARKERS[gi % len(MARKERS)], capsize=3, lw=0, elinewidth=0.8, markersize=6,
                             alpha=0.85)
             handles.setdefault(r.group.name, h)
-        first = next((r for r in rows if r.family == family), None)
-        teacher = "" if first is None or first.teacher_accuracy is None else \
-            f"; teacher acc {first.teacher_accuracy:.2f}"
-        ax.set_title(f"family {family!r} ({first.n_problems if first else '?'} problems{teacher})", fontsize=9)
+        of_family = [r for r in rows if r.family == family]
+        known = [r.teacher_accuracy for r in of_family if r.teacher_accuracy is not None]
+        teacher = f"; teacher acc {known[0]:.2f}" if known else ""
+        ax.set_title(f"family {family!r} ({max(r.n_problems for r in of_family)} problems{teacher})", fontsize=9)
         ax.axhline(0.0, color="grey", ls=":", lw=1)
         ax.set_xlabel("mean C(y) on the family", fontsize=8)
         ax.grid(alpha=0.3)

@@ -129,8 +129,8 @@ class Group:
             return None
         if len({tuple(p["question"] for p in r.samples) for r in runs}) != 1:
             return None
-        if family is not None and any(p.get("family") is None for r in runs for p in r.samples):
-            return None  # a run evaluated without families (task.family_field is a resource key)
+        if family is not None and len({tuple(p.get("family") for p in r.samples) for r in runs}) != 1:
+            return None  # runs that tag the problems differently, or not at all (task.family_field is a resource key)
         try:
             return np.array([[per_problem(p, metric, threshold) for p in r.samples
                               if family is None or p["family"] == family] for r in runs], dtype=np.float64)
@@ -144,9 +144,15 @@ class Group:
 
     def families(self) -> list[str]:
         """The families its problems were evaluated in (``task.family_field``), in the order evaluation reports
-        them; empty when the runs kept no records or evaluated no families."""
-        records = self.runs[0].samples or []
-        return sorted({p["family"] for p in records if "family" in p}, key=family_order)
+        them; empty when the runs kept no records, evaluated no families, or tag the problems differently (one
+        line on stderr says so: the runs are replicates, their families must be too)."""
+        tags = {tuple(p.get("family") for p in (r.samples or [])) for r in self.runs}
+        if len(tags) > 1:
+            if any(t and any(f is not None for f in t) for t in tags):
+                print(f"cdistill report: {self.name}: its runs tag their problems with different families (or some "
+                      "with none); no per-family rows for it", file=sys.stderr)
+            return []
+        return sorted({f for f in next(iter(tags), ()) if f is not None}, key=family_order)
 
     def questions(self) -> tuple | None:
         s = self.runs[0].samples

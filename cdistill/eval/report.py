@@ -218,8 +218,9 @@ def family_rows(groups: list[Group]) -> list[FamilyRow]:
 
 
 def family_row(g: Group, family: str) -> FamilyRow:
-    """The gain's interval counts each seed's start accuracy as a constant (the start evaluation keeps no
-    per-problem records), so the start's own sampling noise is not in it."""
+    """The gain subtracts each seed's start accuracy on the family, one number (the start evaluation keeps no
+    per-problem records): the start's sampling noise across seeds is in the interval, across problems it is not,
+    and problems' difficulty is not paired out."""
     def interval(metric: str, m):
         return None if m is None or m.size == 0 else _safely(group_interval, m, what=f"{g.name} {family}: {metric}")
 
@@ -298,8 +299,9 @@ def write_report(root: Path, groups: list[Group]) -> str:
         parts += ["## Per family: where the divergence is spent", "",
                   "The evaluation problems in the families the task tags them with (`task.family_field`). Means with "
                   "95% intervals over seeds and the family's problems; *start*: the student before training (mean over "
-                  "seeds); *Δ acc over start*: sampled accuracy minus the start's on that family, the start counted as "
-                  "a constant per seed (its own sampling noise is not in the interval).", "",
+                  "seeds); *Δ acc over start*: sampled accuracy minus the start's on that family, the start's accuracy "
+                  "(one number per seed: its evaluation keeps no per-problem records) subtracted unpaired, so the "
+                  "start's sampling noise across seeds is in the interval, its noise across problems is not.", "",
                   family_table(families), "", "![per family: accuracy gain against divergence](families.png)", ""]
         plot_families(families, root / "families.png")
     plot_pareto(groups, intervals, root / "pareto.png")

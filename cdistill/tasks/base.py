@@ -53,6 +53,7 @@ def worked_lines(row: dict, fields: dict) -> str:
     return str(sum(1 for line in row[fields["solution"]].split("####")[0].splitlines() if line.strip()))
 
 
+MAX_FAMILIES = 50
 # families no row field holds but a row implies: name -> (the answer format it needs, the family of a row)
 DERIVED_FAMILIES = {"steps": ("gsm8k", worked_lines)}
 
@@ -216,6 +217,10 @@ def build_task(cfg) -> Task:
     if family_field:  # only the test rows are evaluated per family (training rows may lack the field)
         probs["test"] = [replace(p, family=row_family(r, family_field, fields, cfg.answer_format))
                          for p, r in zip(probs["test"], rows["test"], strict=True)]
+        n = len({p.family for p in probs["test"]})
+        if n > MAX_FAMILIES:  # a per-problem field (the question, the answer): no family would hold a sample
+            raise TaskError(f"task.family_field={family_field!r} splits the {len(probs['test'])} test problems into "
+                            f"{n} families; per-family evaluation needs groups of problems (at most {MAX_FAMILIES})")
     if not cfg.get("allow_train_on_test", False):
         check_no_shared_questions(cfg.name, probs["train"], probs["test"])
     test = probs["test"]
