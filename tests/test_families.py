@@ -104,7 +104,7 @@ def test_the_flawed_teacher_learns_the_wrong_rule_on_its_family_only_and_the_stu
 def test_the_flawed_teacher_at_full_size_is_wrong_on_its_family_and_right_elsewhere(tmp_path_factory):
     # +exp=flawed_teacher at full size: the tokenizer and the flawed teacher built here (~1 min on 2 idle cores),
     # evaluated on all 569 held-out problems. Measured (scripts/flaw_numbers.py, docs/tasks.md): greedy accuracy
-    # 0.000 on the 141 "sells" problems and 0.860 on the 428 others (the correct teacher: 0.908 and 0.864).
+    # 0.000 on the 141 "sells" problems and 0.881 on the 428 others (the correct teacher: 0.908 and 0.864).
     from helpers import CONF
     from hydra import compose, initialize_config_dir
 
