@@ -197,6 +197,21 @@ def check_run_dir(overrides: list[str]) -> None:
 
 GROUPS = ("method", "model", "task", "exp")
 REQUIRED = {"eval": ("run_dir",), "judge": ("run_a", "run_b")}
+PATHS = {"train": ("hydra.run.dir", "hydra.sweep.dir", "resume", "paths.cache"), "eval": ("run_dir", "checkpoint"),
+         "judge": ("run_a", "run_b")}
+
+
+def quote_paths(cmd: str, overrides: list[str]) -> list[str]:
+    """A multirun job's directory is named by its overrides (``.../method.penalty=0.1,seed=0``): given back as a
+    path (``run_dir=``, ``hydra.run.dir=``, ``resume=``) its ``=`` breaks Hydra's override grammar, so such a
+    value is quoted for it."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and key in PATHS.get(cmd, ()) and "=" in value and value[:1] not in ("'", '"'):
+            o = f"{key}='{value}'" if "'" not in value else f'{key}="{value}"'
+        out.append(o)
+    return out
 
 
 def check_required(cmd: str, overrides: list[str]) -> None:
@@ -281,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     if cmd not in commands:
         fail(f"unknown command {cmd!r}; expected one of train, eval, judge, report")
     fn, config_name = commands[cmd]
+    rest = quote_paths(cmd, rest)
     check_required(cmd, rest)
     if cmd == "train":
         check_groups(rest)

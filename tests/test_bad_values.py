@@ -233,3 +233,16 @@ def test_an_old_runs_config_is_read_with_keys_this_version_no_longer_has(tmp_pat
     OmegaConf.update(cfg, "eval.samples", 0)
     with pytest.raises(schema.ConfigError, match="eval.samples must be a whole number of at least 1"):
         validate(cfg, command="eval")
+
+
+def test_a_multirun_job_directory_is_accepted_as_a_path_although_its_name_holds_overrides(tmp_path, monkeypatch,
+                                                                                           capfd):
+    # job directories are named like "method.penalty=0.1,seed=0": unquoted, Hydra's grammar rejects that value
+    monkeypatch.chdir(tmp_path)
+    job = tmp_path / "sweep" / "method.penalty=0.1,seed=0"
+    job.mkdir(parents=True)
+    OmegaConf.save(composed("config", []), job / "config.yaml")
+    code, err = run(capfd, ["eval", f"run_dir={job}"])
+    assert code == 2 and err.strip() == f"cdistill: error: no student checkpoint at {job / 'student'}", err[-2000:]
+    assert cli.quote_paths("train", ["hydra.run.dir=a/seed=0", "seed=0", "resume='b=c'"]) == [
+        "hydra.run.dir='a/seed=0'", "seed=0", "resume='b=c'"]
