@@ -250,8 +250,8 @@ def start_of(run, family: str) -> dict | None:
 
 
 def family_table(rows: list[FamilyRow]) -> str:
-    cols = ["method", "settings", "seeds", "family", "problems", "teacher acc", "start acc", "acc (sampled)",
-            "Δ acc over start", "start C(y)", "mean C(y)", "satisfied at end"]
+    cols = ["method", "settings", "constraint", "seeds", "family", "problems", "teacher acc", "start acc",
+            "acc (sampled)", "Δ acc over start", "start C(y)", "mean C(y)", "satisfied at end"]
     out = []
     for r in rows:
         g = r.group
@@ -259,7 +259,7 @@ def family_table(rows: list[FamilyRow]) -> str:
         plain = ["-" if v is None else spec.format(v) for v, spec in ((r.teacher_accuracy, "{:.3f}"),
                                                                       (r.start_accuracy, "{:.3f}"),
                                                                       (r.start_divergence, "{:.2f}"))]
-        out.append([g.method, g.label or "-", seeds, r.family, str(r.n_problems), plain[0], plain[1],
+        out.append([g.method, g.label or "-", g.constraint_text, seeds, r.family, str(r.n_problems), plain[0], plain[1],
                     cell(r.accuracy, None, "{:.3f}"), cell(r.gain, None, "{:+.3f}"), plain[2],
                     cell(r.divergence, None, "{:.2f}"), cell(r.satisfied, None, "{:.3f}")])
     return markdown(cols, out)
