@@ -193,7 +193,8 @@ def test_report_shows_per_family_accuracy_gain_and_divergence_with_intervals(tmp
     md = (tmp_path / "report.md").read_text()
     assert "## Per family: where the divergence is spent" in md and "![per family" in md
     assert (tmp_path / "families.png").stat().st_size > 0
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+    section = md.split("## Per family")[1]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
              if line.startswith("| soft_penalty | - | sum of logratio <= 10 | 0,1 |")]  # its constraint named
     rows = {c[4]: c[:2] + c[3:] for c in cells}
     assert set(rows) == {"sells", "other"}  # natural order, one row per family
