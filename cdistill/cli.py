@@ -224,8 +224,10 @@ def check_required(cmd: str, overrides: list[str]) -> None:
             fail(f"{key} is required: cdistill {cmd} {' '.join(f'{k}=<run directory>' for k in REQUIRED[cmd])}")
     for key in REQUIRED.get(cmd, ()):
         value = given[key].strip("'\"")
-        if not value or not (Path(value) / "config.yaml").is_file():
+        if cmd == "eval" and (not value or not (Path(value) / "config.yaml").is_file()):
             fail(f"{key}={value or repr(value)} is not a training run directory (no config.yaml there)")
+        if not value or not Path(value).is_dir():  # the judge reads each run's eval_samples.jsonl (and says so)
+            fail(f"{key}={value or repr(value)}: no such run directory")
 
 
 def check_groups(overrides: list[str]) -> None:

@@ -192,7 +192,7 @@ def test_refusals_read_as_the_user_would_want(tmp_path, monkeypatch, capfd, over
     (["report", "missing"], "no such directory: missing"),
     (["eval", "run_dir=typo"], "run_dir=typo is not a training run directory (no config.yaml there)"),
     (["eval", "run_dir="], "run_dir='' is not a training run directory (no config.yaml there)"),
-    (["judge", "run_a=typo", "run_b=."], "run_a=typo is not a training run directory (no config.yaml there)"),
+    (["judge", "run_a=typo", "run_b=."], "run_a=typo: no such run directory"),
 ])
 def test_every_command_refuses_missing_or_unknown_arguments_in_one_line(tmp_path, monkeypatch, capfd, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -64,7 +64,7 @@ def test_bad_config_values_fail_in_one_line_before_any_model_is_built(tmp_path):
                             ("constraint.kind=max", "unknown constraint.kind 'max'"),
                             ("constraint.threshold=abc", "constraint.threshold must be a number"),
                             ("constraint.threshold=-1", "constraint.threshold must be positive"),
-                            ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be positive")]:
+                            ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be a whole number")]:
         r = cdistill("train", *TINY, f"paths.cache={cache}", f"hydra.run.dir={tmp_path / 'run'}", override)
         assert r.returncode == 2, (override, r.stderr[-500:])
         last = r.stderr.strip().splitlines()[-1]
