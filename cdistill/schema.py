@@ -18,6 +18,7 @@ from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import BASELINES, SCALES
 from cdistill.objectives.importance import LEVELS
 from cdistill.rollout.engines import BACKENDS
+from cdistill.tasks.arith import FLAWS
 
 
 class ConfigError(ValueError):
@@ -208,7 +209,7 @@ TRAIN: dict[str, object] = {
     "model.embedded.seed": SEED, "model.embedded.sft_problems": COUNT,
     "model.embedded.tokenizer.vocab_size": COUNT,
     **_embedded_model("teacher"), **_embedded_model("student"),
-    "model.embedded.teacher.flaw": Maybe(OneOf(("sells",))),
+    "model.embedded.teacher.flaw": Maybe(OneOf(tuple(FLAWS))),
     "task.name": Text(), "task.source": Text(), "task.hub_config": Maybe(Text()),
     "task.train_source": Maybe(Text()), "task.test_source": Maybe(Text()),
     "task.train_split": Text(), "task.test_split": Text(),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from cdistill.eval.metrics import batch_summary
+from cdistill.eval.metrics import batch_summary, per_sample
 from cdistill.eval.stats import group_interval
 from cdistill.rollout.sampling import generate, generation_config
 from cdistill.rollout.sources import budget_tracking
@@ -97,17 +97,12 @@ def add_family_sums(sums: dict, problems, greedy_correct, answers, scored, sampl
     metric, the sum over their sampled completions (problems without a family are not counted)."""
     if all(p.family is None for p in problems):
         return
-    correct, stats = scored.task_reward.detach().cpu().double(), scored.stats
-    satisfied = stats.satisfied.detach().cpu()
-    per_sample = {  # each family metric is the mean of one of these over the family's sampled completions
-        "accuracy_sampled": correct,
-        "satisfaction_rate": satisfied.double(),
-        "never_exceeded_rate": (stats.violation_step.detach().cpu() < 0).double(),
-        "success_rate": ((correct > 0) & satisfied).double(),
-        "divergence_mean": stats.value.detach().cpu().double(),
-        "unparsed_rate": torch.tensor([a is None for a in answers], dtype=torch.float64),
-    }
-    per_problem = {k: v.view(len(problems), samples).sum(1).tolist() for k, v in per_sample.items()}
+    # each family metric is the mean of one of these over the family's sampled completions (the overall report's
+    # definitions, metrics.per_sample)
+    values = {("accuracy_sampled" if k == "reward" else k): v.detach().cpu().double()
+              for k, v in per_sample(scored).items()}
+    values["unparsed_rate"] = torch.tensor([a is None for a in answers], dtype=torch.float64)
+    per_problem = {k: v.view(len(problems), samples).sum(1).tolist() for k, v in values.items()}
     for i, p in enumerate(problems):
         if p.family is None:
             continue

@@ -11,8 +11,25 @@ def quantile(x: torch.Tensor, q: float) -> float:
     return float(torch.quantile(x.double(), q)) if x.numel() else float("nan")
 
 
+def per_sample(b: Scored) -> dict[str, torch.Tensor]:
+    """Each completion's value of the metrics that are means over completions: a batch's summary averages them,
+    evaluation's per-family report sums them by family."""
+    correct, satisfied, never = b.task_reward > 0, b.stats.satisfied, b.stats.violation_step < 0
+    return {
+        "reward": b.task_reward,
+        "divergence_mean": b.stats.value,
+        # the constraint read at the end (C(y) <= d) and on every prefix (never exceeded: the Sauté reading, under
+        # which cmdp forfeits the reward); they differ when costs can be negative (logratio)
+        "satisfaction_rate": satisfied.double(),
+        "success_rate": (correct & satisfied).double(),
+        "never_exceeded_rate": never.double(),
+        "success_never_exceeded_rate": (correct & never).double(),
+    }
+
+
 def batch_summary(b: Scored) -> dict[str, float]:
     value = b.stats.value
+    means = {k: float(v.mean()) for k, v in per_sample(b).items()}
     lengths = b.mask.sum(1).double()
     engine = {}
     if b.sampler_logp is not None:  # how far the rollout engine's log-probs are from the trainer's
@@ -22,16 +39,12 @@ def batch_summary(b: Scored) -> dict[str, float]:
                   "sampler_ratio_max": float(gap.masked_fill(~known, float("-inf")).max().exp())
                   if known.any() else 1.0}
     return {**engine,
-        "reward": float(b.task_reward.mean()),
-        "divergence_mean": float(value.mean()),
+        "reward": means["reward"],
+        "divergence_mean": means["divergence_mean"],
         "divergence_median": quantile(value, 0.5),
         "divergence_p90": quantile(value, 0.9),
-        # the constraint read at the end (C(y) <= d) and on every prefix (never exceeded: the Sauté reading, under
-        # which cmdp forfeits the reward); they differ when costs can be negative (logratio)
-        "satisfaction_rate": float(b.stats.satisfied.double().mean()),
-        "success_rate": float(((b.task_reward > 0) & b.stats.satisfied).double().mean()),
-        "never_exceeded_rate": float((b.stats.violation_step < 0).double().mean()),
-        "success_never_exceeded_rate": float(((b.task_reward > 0) & (b.stats.violation_step < 0)).double().mean()),
+        **{k: means[k] for k in ("satisfaction_rate", "success_rate", "never_exceeded_rate",
+                                 "success_never_exceeded_rate")},
         "sampled_kl_per_token": float(token_mean(b.sampled_kl, b.mask)),
         "entropy": float(token_mean(b.entropy, b.mask)),
         "length_mean": float(lengths.mean()),
