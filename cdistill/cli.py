@@ -50,6 +50,7 @@ def guarded(fn):
         # imported here: `cdistill --help` and `cdistill report` should not pay for transformers
         from cdistill.eval.judge import JudgeError
         from cdistill.models import ModelError
+        from cdistill.models.served import ServerError
         from cdistill.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE
         from cdistill.preemption import Preempted
         from cdistill.runtime import ResourceError, out_of_space
@@ -66,7 +67,7 @@ def guarded(fn):
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)
         except (UserError, TaskError, ModelError, JudgeError, ValueError) as e:
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)
-        except (TrainingError, ResourceError) as e:  # not the input's fault: exit 1, still one line
+        except (TrainingError, ResourceError, ServerError) as e:  # not the input's fault: exit 1, still one line
             fail(str(e).splitlines()[0], debug, e, code=1)
         except Preempted as e:  # asked to stop (SIGTERM / SIGUSR1): a checkpoint is written, a rerun continues
             say_error(f"cdistill: {e}")

@@ -42,6 +42,7 @@ def validate(cfg, command: str = "train") -> None:
         raise ConfigError(f"rollout.samples_per_prompt={cfg.rollout.samples_per_prompt} with {method.name}: each "
                           "completion is its group's own baseline, so its task reward cancels out of every advantage "
                           "and is never learned from; use at least 2 (or optim.adv_baseline=none)")
+    _served_teacher(cfg, method)
     if command == "eval":
         return
     _rollout_backend(cfg.rollout, method)
@@ -92,6 +93,28 @@ def _rollout_backend(r, method) -> None:
     if not engines.vllm_available():
         raise ConfigError("rollout.backend=vllm needs vLLM, which is not installed: pip install 'cdistill[vllm]' "
                           "(Linux, CUDA GPU)")
+
+
+def _served_teacher(cfg, method) -> None:
+    """What a teacher behind a server cannot give: its hidden states, its full distribution (only the top
+    ``server.top_k``), a token-by-token view beside the student's sampling."""
+    if cfg.model.teacher.get("backend", "local") != "server":
+        return
+    if method.conditions_on_budget:
+        raise ConfigError(f"method {method.name} runs the teacher beside the student at every sampled token; a served "
+                          "teacher cannot: use model.teacher.backend=local")
+    if method.name == "weakest_link" and cfg.method.exact_weight > 0:
+        raise ConfigError("weakest_link's exact term reads the teacher's whole distribution at every position, which "
+                          "a served teacher does not return: set method.exact_weight=0 or model.teacher.backend=local")
+    full = [what for what, needed in (
+        ("constraint.cost=token_kl", cfg.constraint.cost == "token_kl"),
+        ("opd's full estimator", method.name == "opd" and cfg.method.get("estimator") == "full"),
+        ("gkd's JSD", method.name == "gkd")) if needed]
+    if full and not cfg.model.teacher.server.top_k:
+        raise ConfigError(f"{full[0]} needs the teacher's distribution at every position, and a served teacher "
+                          "returns only the sampled token's log-prob unless asked for its top k: set "
+                          "model.teacher.server.top_k (e.g. 20; a lower bound on the divergence, docs/methods.md) or "
+                          "model.teacher.backend=local")
 
 
 def validate_launch(cfg, method, sharded: bool) -> None:

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from cdistill.methods import METHODS
+from cdistill.models.served import APIS
 from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import BASELINES, SCALES
 from cdistill.objectives.importance import LEVELS
@@ -206,6 +207,11 @@ TRAIN: dict[str, object] = {
     "model.student.lora.dropout": Real(0, 1, open_hi=True),
     "model.student.lora.target_modules": Seq(Text()),
     "model.teacher.quantization": Maybe(OneOf(("8bit", "4bit"))), "model.teacher.shard": Flag(),
+    "model.teacher.backend": OneOf(("local", "server")), "model.teacher.server.base_url": Text(("://",)),
+    "model.teacher.server.model": Maybe(Text()), "model.teacher.server.api": OneOf(APIS),
+    "model.teacher.server.api_key_env": Maybe(Text()), "model.teacher.server.timeout": POSITIVE,
+    "model.teacher.server.retries": Whole(0), "model.teacher.server.max_concurrency": COUNT,
+    "model.teacher.server.top_k": Whole(0),
     "model.embedded.seed": SEED, "model.embedded.sft_problems": COUNT,
     "model.embedded.tokenizer.vocab_size": COUNT,
     **_embedded_model("teacher"), **_embedded_model("student"),

@@ -10,6 +10,7 @@ import torch
 
 from cdistill.models.forward import CompletionForward, completion_forward, prompt_groups
 from cdistill.objectives import COSTS, Scored, ScoringSpec, constraint_stats, logratio_cost
+from cdistill.objectives.topk import TopK
 from cdistill.rollout.sampling import Rollout
 from cdistill.runtime import out_of_memory_hint
 
@@ -26,37 +27,50 @@ def score_rollout(rollout: Rollout, problems, parts, cfg, policy=None, keep_teac
     ``policy`` (default: the student).
 
     ``student_pass``: the student's forward on the whole batch, already run (detached here). The teacher's
-    [B, T, H] hidden states are kept for full-vocabulary terms of the update (the token_kl cost's direct
-    gradient, ``gkd``, ``weakest_link``) when ``keep_teacher_hidden`` or the cost needs them.
+    [B, T, H] hidden states (a served teacher's top-k log-probs) are kept for full-vocabulary terms of the update
+    (the token_kl cost's direct gradient, ``gkd``, ``weakest_link``) when ``keep_teacher_hidden`` or the cost
+    needs them.
     """
     policy = parts.student if policy is None else policy
     seq, micro_batch, constraint = rollout.seq, cfg.scoring.micro_batch, cfg.constraint
     cost = COSTS[constraint.cost]
     spec = scoring_spec(cfg, parts.vocab, prompt_groups(rollout.group_size, micro_batch, cfg.scoring.share_prompt))
     teacher_spec = spec.replace(temperature=1.0)
-    weights = {"student_weight": policy.get_output_embeddings().weight,
-               "teacher_weight": parts.teacher.get_output_embeddings().weight}
+    # a teacher behind a server (cdistill.models.served) has no weights here; evaluated as the policy, it is
+    # scored once, at temperature 1, and its divergence from itself is zero
+    served_policy = getattr(policy, "served", False)
+    weights = {"student_weight": None if served_policy else policy.get_output_embeddings().weight,
+               "teacher_weight": None if getattr(parts.teacher, "served", False) else
+               parts.teacher.get_output_embeddings().weight}
     parts_of, teacher_hidden = [], []
     for start in range(0, seq.input_ids.shape[0], micro_batch):
         mb = seq.select(slice(start, start + micro_batch))
         if student_pass is None:
-            s = completion_forward(policy, mb, spec)
+            s = completion_forward(policy, mb, teacher_spec if served_policy else spec)
         else:
-            s = CompletionForward(*(x[start : start + micro_batch].detach() for x in student_pass))
+            s = CompletionForward(*(None if x is None else x[start : start + micro_batch].detach()
+                                    for x in student_pass))
         with out_of_memory_hint(f"the teacher forward on {mb.input_ids.shape[0]} sequences of {mb.input_ids.shape[1]} "
                                 "tokens", "lower scoring.micro_batch or scoring.chunk, or load the teacher in "
                                 "bfloat16 (model.teacher.dtype=bfloat16)"):
-            t = completion_forward(parts.teacher, mb, teacher_spec)
-        c = cost.per_token(student_logp=s.logp, teacher_logp=t.logp, mask=mb.completion_mask, student_hidden=s.hidden,
-                           teacher_hidden=t.hidden, spec=spec, **weights)
+            t = s if served_policy and policy is parts.teacher else completion_forward(parts.teacher, mb, teacher_spec)
+        if served_policy and cost.needs_hidden:
+            c = torch.zeros_like(s.logp)
+        else:
+            c = cost.per_token(student_logp=s.logp, teacher_logp=t.logp, mask=mb.completion_mask,
+                               student_hidden=s.hidden, teacher_hidden=t.hidden, teacher_topk=t.topk, spec=spec,
+                               **weights)
         parts_of.append((s.logp, t.logp, c, s.entropy))
         if keep_teacher_hidden or cost.needs_hidden:
-            teacher_hidden.append(t.hidden)
+            teacher_hidden.append(t.hidden if t.topk is None else t.topk)
     s_logp, t_logp, costs, entropy = (torch.cat(x) for x in zip(*parts_of, strict=True))
     mask = seq.completion_mask
     reward = torch.tensor([parts.task.reward(t, p) for t, p in zip(rollout.texts, problems, strict=True)],
                           device=mask.device)
+    kept = teacher_hidden[0] if teacher_hidden else None
+    topk = TopK(*(torch.cat(x) for x in zip(*teacher_hidden, strict=True))) if isinstance(kept, TopK) else None
     return Scored(mask=mask, task_reward=reward, old_logp=s_logp, teacher_logp=t_logp, costs=costs,
                   stats=constraint_stats(costs, mask, constraint.threshold, constraint.kind),
-                  group_size=rollout.group_size, teacher_hidden=torch.cat(teacher_hidden) if teacher_hidden else None,
+                  group_size=rollout.group_size, teacher_topk=topk,
+                  teacher_hidden=torch.cat(teacher_hidden) if teacher_hidden and topk is None else None,
                   sampler_logp=rollout.sampler_logp, entropy=entropy, sampled_kl=logratio_cost(s_logp, t_logp, mask))

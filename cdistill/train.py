@@ -253,8 +253,10 @@ def micro_batch_loss(run: Run, scored: Scored, *, rows: torch.Tensor, forward: C
                                       o.clip_low, o.clip_high, denom, None if importance is None else importance[rows])
     batch = MicroBatch(rows, forward.logp, forward.hidden, scored.mask[rows], scored.teacher_logp[rows],
                        None if scored.teacher_hidden is None else scored.teacher_hidden[rows],
-                       student.get_output_embeddings().weight, teacher.get_output_embeddings().weight,
-                       scoring_spec(run.cfg, run.parts.vocab))
+                       student.get_output_embeddings().weight,
+                       None if getattr(teacher, "served", False) else teacher.get_output_embeddings().weight,
+                       scoring_spec(run.cfg, run.parts.vocab),
+                       None if scored.teacher_topk is None else scored.teacher_topk.select(rows))
     extra = run.method.extra_loss(scored, batch, denom)
     return (loss if extra is None else loss + extra), stats["clip_frac"]
 

@@ -11,6 +11,7 @@ import torch
 
 from cdistill.methods.base import Method
 from cdistill.objectives import Scored, token_jsd_cost, token_mean
+from cdistill.objectives.topk import topk_token_jsd_cost
 from cdistill.rollout.source import Source
 
 
@@ -38,8 +39,13 @@ class GKD(Method):
         return torch.zeros_like(b.costs)
 
     def extra_loss(self, b: Scored, batch, denom):
-        jsd = token_jsd_cost(batch.hidden, batch.student_weight, batch.teacher_hidden, batch.teacher_weight,
-                             batch.mask, self.cfg.beta, batch.spec.chunk, batch.spec.vocab, batch.spec.temperature)
+        spec = batch.spec
+        if batch.teacher_topk is not None:  # a served teacher: JSD on its top k tokens and the rest (a lower bound)
+            jsd = topk_token_jsd_cost(batch.hidden, batch.student_weight, batch.teacher_topk, batch.mask,
+                                      self.cfg.beta, spec.chunk, spec.vocab, spec.temperature)
+        else:
+            jsd = token_jsd_cost(batch.hidden, batch.student_weight, batch.teacher_hidden, batch.teacher_weight,
+                                 batch.mask, self.cfg.beta, spec.chunk, spec.vocab, spec.temperature)
         return token_mean(jsd, batch.mask, denom)
 
     def after_step(self, b: Scored):

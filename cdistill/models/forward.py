@@ -11,6 +11,7 @@ import torch
 
 from cdistill.models.budget_input import embed, has_budget_input
 from cdistill.objectives.chunking import ScoringSpec, token_logprob_and_entropy
+from cdistill.objectives.topk import TopK
 
 
 @dataclass
@@ -100,7 +101,8 @@ class CompletionForward(NamedTuple):
 
     logp: torch.Tensor  # [B, T] log-probs of the completion tokens (at ``spec.temperature``)
     entropy: torch.Tensor  # [B, T]
-    hidden: torch.Tensor  # [B, T, H] final hidden states at the positions that predict them
+    hidden: torch.Tensor | None  # [B, T, H] final hidden states at the positions that predict them (None: served)
+    topk: TopK | None = None  # a served teacher's top-k log-probs (model.teacher.server.top_k)
 
 
 AT_TEMPERATURE_ONE = ScoringSpec()

@@ -67,9 +67,10 @@ def check_same_vocabulary(student_tok, teacher_tok) -> None:
 
 
 def real_vocab_size(model_a, model_b, tokenizer) -> int:
-    """Rows of the output embedding shared by both models and the tokenizer (padding rows cut)."""
-    return min(model_a.get_output_embeddings().weight.shape[0], model_b.get_output_embeddings().weight.shape[0],
-               len(tokenizer))
+    """Rows of the output embedding shared by both models and the tokenizer (padding rows cut); a served teacher
+    (None) has none here."""
+    rows = [m.get_output_embeddings().weight.shape[0] for m in (model_a, model_b) if m is not None]
+    return min(*rows, len(tokenizer))
 
 
 EMBEDDED = "embedded:"
@@ -138,6 +139,11 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
     student = student_options(student, cfg.model.student, student_path if adapter else None)
     budget_input.load_if_present(student, student_path)  # a saute student's budget input
+    if cfg.model.teacher.get("backend", "local") == "server":  # its name_or_path gives only the tokenizer
+        from cdistill.models.served import connect
+
+        return Components(task, tokenizer, student, connect(cfg.model.teacher, tokenizer, device),
+                          real_vocab_size(student, None, tokenizer), device)
     teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
                          **t_kw).eval()
     teacher.requires_grad_(False)

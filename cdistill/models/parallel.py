@@ -147,7 +147,8 @@ class Dist:
         """Under FSDP, the frozen teacher sharded the same way (inference only: no optimiser, no gradients)
         unless ``model.teacher.shard`` is false or its weights are quantized (bitsandbytes tensors do not
         shard): then each rank holds a full copy, as under DDP."""
-        if not self.sharded or not t_cfg.get("shard", True) or t_cfg.get("quantization"):
+        if not self.sharded or not t_cfg.get("shard", True) or t_cfg.get("quantization") or \
+                getattr(teacher, "served", False):
             return teacher
         # accelerate's own FSDP2 wrapping of one model (its prepare() insists on an optimiser alongside)
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model

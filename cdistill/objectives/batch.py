@@ -10,6 +10,7 @@ import torch
 from cdistill.objectives.chunking import ScoringSpec
 from cdistill.objectives.constraints import ConstraintStats
 from cdistill.objectives.costs import COSTS
+from cdistill.objectives.topk import TopK
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Scored:
     stats: ConstraintStats
     group_size: int
     teacher_hidden: torch.Tensor | None = None  # [B, T, H], kept only when the cost or the method needs it
+    teacher_topk: TopK | None = None  # instead of them, a served teacher's top-k log-probs
     sampler_logp: torch.Tensor | None = None  # [B, T] the rollout engine's log-probs (vLLM), else None
     entropy: torch.Tensor | None = None  # [B, T] the student's entropy at each position (logged)
     sampled_kl: torch.Tensor | None = None  # [B, T] log π_θ − log π_T of each sampled token (logged)
@@ -43,10 +45,11 @@ class MicroBatch:
     student_weight: torch.Tensor | None  # [V, H] the student's output embedding, with grad
     teacher_weight: torch.Tensor | None  # [V, H]
     spec: ScoringSpec
+    teacher_topk: TopK | None = None  # [b, T, k] a served teacher's top-k log-probs, in place of its hidden states
 
     def cost(self, name: str) -> torch.Tensor:
         """c_t under the cost ``name``, differentiable in the student where it depends on it."""
         return COSTS[name].per_token(
             student_logp=self.logp, teacher_logp=self.teacher_logp, mask=self.mask, student_hidden=self.hidden,
             student_weight=self.student_weight, teacher_hidden=self.teacher_hidden,
-            teacher_weight=self.teacher_weight, spec=self.spec)
+            teacher_weight=self.teacher_weight, teacher_topk=self.teacher_topk, spec=self.spec)

@@ -12,6 +12,7 @@ import torch
 
 from cdistill.objectives.chunking import logits_from_hidden, positionwise
 from cdistill.objectives.divergences import generalized_jsd
+from cdistill.objectives.topk import topk_token_kl_cost
 
 
 def logratio_cost(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,11 @@ def _teacher_nll_tokens(teacher_logp, mask, **_):
     return teacher_nll_cost(teacher_logp, mask)
 
 
-def _token_kl_tokens(student_hidden, student_weight, teacher_hidden, teacher_weight, mask, spec, **_):
+def _token_kl_tokens(student_hidden, student_weight, teacher_hidden, teacher_weight, mask, spec, teacher_topk=None,
+                     **_):
+    if teacher_hidden is None and teacher_topk is not None:  # a served teacher: the top-k approximation
+        return topk_token_kl_cost(student_hidden, student_weight, teacher_topk, mask, spec.chunk, spec.vocab,
+                                  spec.temperature)
     return token_kl_cost(student_hidden, student_weight, teacher_hidden, teacher_weight, mask, spec.chunk,
                          spec.vocab, spec.temperature)
 

@@ -48,6 +48,8 @@ def generate(model, tokenizer, prompts: list[str], n_samples: int, gen: Generati
     teacher's view of the token just sampled. ``budget`` (a ``rollout.budget_sampler.BudgetTracking``) then
     drives ``generate_with_budget`` instead.
     """
+    if getattr(model, "served", False):  # a teacher behind an inference server (cdistill.models.served)
+        return model.rollout(tokenizer, prompts, n_samples, gen, device, add_special_tokens)
     if has_budget_input(model):
         if budget is None:
             raise ValueError("a budget-conditioned student needs the teacher to track its budget while sampling")

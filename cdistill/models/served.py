@@ -1,0 +1,347 @@
+"""A teacher behind an inference server (``model.teacher.backend=server``): served once, on its own GPUs or nodes,
+by vLLM or llama.cpp, and queried over HTTP instead of held beside the student.
+
+The costs ``logratio`` and ``teacher_nll`` need only the teacher's log-prob of each sampled token, which a server
+returns for a given sequence: vLLM's ``/v1/completions`` with ``prompt_logprobs`` (checked against vLLM 0.33's
+``entrypoints/openai/completion/protocol.py``: ``prompt`` may be token ids, ``prompt_logprobs=k`` returns, at every
+position after the first, a map ``{token id: {logprob, rank, decoded_token}}`` holding the given token and the top
+k), and llama-cpp-python's server with ``echo`` and ``logprobs``. With ``server.top_k`` the top k log-probs come
+too, for the coarsened full-distribution terms (``cdistill.objectives.topk``). The teacher's samples (``seqkd``'s
+solutions, ``gkd``'s off-policy batches, the teacher's own evaluation) are the same server's completions.
+
+Sequences go to vLLM as token ids, so no re-tokenisation can shift a position. llama-cpp-python's server takes only
+text: each sequence is sent as its decoded text (special tokens included) and accepted only when that text
+tokenises back to exactly the sent ids and the server returns one entry per expected position
+(``llama_cpp.Llama._create_completion``, 0.3.36: the echoed prompt drops its first token and every BOS token, and
+its log-probs are aligned only when the text starts with BOS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from cdistill.models.forward import CompletionForward, Sequences
+from cdistill.objectives.topk import TopK
+from cdistill.rollout.engines import EngineSampler, Sample, SamplingSpec
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
+
+APIS = ("auto", "vllm", "llama_cpp")
+RETRIED = (408, 425, 429, 500, 502, 503, 504)  # statuses that a busy or restarting server answers
+
+
+class ServerError(RuntimeError):
+    """The teacher's server cannot be used as configured (one line)."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    base_url: str
+    model: str
+    api: str = "auto"
+    api_key_env: str | None = None
+    timeout: float = 120.0
+    retries: int = 5
+    max_concurrency: int = 16
+    top_k: int = 0
+    backoff: float = 0.5  # seconds before the first retry, doubled at each
+
+    @classmethod
+    def from_config(cls, teacher_cfg) -> ServerOptions:
+        s = teacher_cfg.server
+        return cls(base_url=str(s.base_url).rstrip("/"), model=s.model or teacher_cfg.name_or_path, api=s.api,
+                   api_key_env=s.api_key_env, timeout=float(s.timeout), retries=int(s.retries),
+                   max_concurrency=int(s.max_concurrency), top_k=int(s.top_k))
+
+
+class Client:
+    """JSON over HTTP with retries (exponential backoff) on transient failures, and bounded concurrency."""
+
+    def __init__(self, opts: ServerOptions):
+        import httpx
+
+        self.opts, self.httpx = opts, httpx
+        headers = {}
+        if opts.api_key_env:
+            key = os.environ.get(opts.api_key_env)
+            if not key:
+                raise ServerError(f"model.teacher.server.api_key_env={opts.api_key_env}: that environment variable "
+                                  "is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        self.http = httpx.Client(base_url=opts.base_url, timeout=opts.timeout, headers=headers,
+                                 limits=httpx.Limits(max_connections=opts.max_concurrency))
+        self.pool = ThreadPoolExecutor(max_workers=opts.max_concurrency, thread_name_prefix="teacher-server")
+
+    def call(self, path: str, body: dict | None = None) -> dict:
+        url, last = f"{self.opts.base_url}{path}", ""
+        for attempt in range(self.opts.retries + 1):
+            if attempt:
+                time.sleep(self.opts.backoff * 2 ** (attempt - 1))
+            try:
+                r = self.http.post(path, json=body) if body is not None else self.http.get(path)
+            except self.httpx.TransportError as e:  # refused, reset, timed out
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                continue
+            if r.status_code in RETRIED:
+                last = f"HTTP {r.status_code}"
+                continue
+            if r.status_code >= 400:
+                raise ServerError(f"the teacher's server ({url}) refused the request: HTTP {r.status_code} "
+                                  f"{_brief(r.text)}")
+            try:
+                return r.json()
+            except ValueError:
+                raise ServerError(f"the teacher's server ({url}) answered something that is not JSON: "
+                                  f"{_brief(r.text)}") from None
+        raise ServerError(f"the teacher's server is unreachable at {url} after {self.opts.retries + 1} tries "
+                          f"({last}); is it running? (model.teacher.server.base_url)")
+
+    def map(self, fn, items: list) -> list:
+        return list(self.pool.map(fn, items))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+        self.http.close()
+
+
+def _brief(text: str, n: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n] + "…"
+
+
+class ServedTeacher:
+    """The teacher as the rest of cdistill uses it: ``completion_forward`` (its log-probs on given sequences) and
+    ``rollout`` (its completions), both over HTTP."""
+
+    served = True  # ``rollout.sampling.generate`` asks the server for completions
+
+    def __init__(self, opts: ServerOptions, tokenizer, device="cpu", client: Client | None = None):
+        self.opts, self.tokenizer, self.device = opts, tokenizer, device
+        self.client = client or Client(opts)
+        self.name_or_path = f"served:{opts.model}"  # keys the seqkd solutions cache: not the in-process teacher's
+        self.counts = {"sequences": 0, "retokenized": 0}  # llama.cpp: sequences scored through another tokenisation
+        self.lock = threading.Lock()  # requests run in threads
+        self.api = self._connect()
+        if opts.top_k and self.api == "llama_cpp":
+            raise ServerError("model.teacher.server.top_k needs a vLLM server: llama.cpp's server names its top "
+                              "log-probs by their text, which does not identify a token")
+
+    def _connect(self) -> str:
+        """Check that the server serves ``opts.model`` and tell vLLM from llama.cpp (``api: auto``)."""
+        served = self.client.call("/models").get("data", [])
+        names = [m.get("id") for m in served]
+        if self.opts.model not in names:
+            listed = ", ".join(map(str, names)) or "no model"
+            raise ServerError(f"the teacher's server at {self.opts.base_url} serves {listed}, not {self.opts.model} "
+                              "(model.teacher.server.model)")
+        if self.opts.api != "auto":
+            return self.opts.api
+        owner = next(m.get("owned_by") for m in served if m.get("id") == self.opts.model)
+        return "vllm" if owner == "vllm" else "llama_cpp"
+
+    # -- scoring -------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def completion_forward(self, seq: Sequences, spec=None) -> CompletionForward:
+        """The teacher's log-prob of every completion token ([B, T], 0 at masked positions) and, with ``top_k``,
+        its top k ([B, T, k]). Log-probs are at temperature 1, as servers return them."""
+        if spec is not None and spec.temperature != 1.0:
+            raise ValueError("a served teacher's log-probs are at temperature 1")
+        rows = [self._row(seq, i) for i in range(seq.input_ids.shape[0])]
+        scored = self.client.map(self._score_one, rows)
+        b, t, k = seq.completion_ids.shape[0], seq.completion_ids.shape[1], self.opts.top_k
+        logp = torch.zeros(b, t)
+        ids, top = torch.zeros(b, t, k, dtype=torch.long), torch.full((b, t, k), float("-inf"))
+        for i, (lp, tk) in enumerate(scored):
+            logp[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+            for j, pairs in enumerate(tk or []):
+                ids[i, j] = torch.tensor([p[0] for p in pairs])
+                top[i, j] = torch.tensor([p[1] for p in pairs])
+        d = seq.completion_ids.device
+        topk = TopK(ids.to(d), top.to(d)) if k else None
+        entropy = torch.full((b, t), float("nan"), device=d)  # not returned by a server
+        return CompletionForward(logp.to(d) * seq.completion_mask, entropy, None, topk)
+
+    @staticmethod
+    def _row(seq: Sequences, i: int) -> tuple[list[int], int]:
+        """(unpadded prompt + completion ids, completion length) of row ``i``."""
+        p = seq.prompt_len
+        prompt = seq.input_ids[i, :p][seq.attention_mask[i, :p].bool()].tolist()
+        n = int(seq.completion_mask[i].sum())
+        return prompt + seq.completion_ids[i, :n].tolist(), n
+
+    def _score_one(self, row: tuple[list[int], int]):
+        ids, n = row
+        if n == 0:
+            return [], []
+        return self._score_vllm(ids, n) if self.api == "vllm" else self._score_llama_cpp(ids, n)
+
+    def _score_vllm(self, ids: list[int], n: int):
+        k = self.opts.top_k
+        out = self.client.call("/completions", {
+            "model": self.opts.model, "prompt": ids, "max_tokens": 1, "temperature": 1.0,
+            "prompt_logprobs": k, "return_token_ids": True})
+        choice = self._choice(out)
+        positions = choice.get("prompt_logprobs") or []
+        if choice.get("prompt_token_ids") not in (None, ids):
+            raise ServerError("the teacher's server changed the token ids it was sent (a tokenizer or prompt "
+                              "setting on the server?)")
+        if len(positions) != len(ids):
+            raise ServerError(f"the teacher's server returned prompt log-probs for {len(positions)} positions of "
+                              f"{len(ids)} sent")
+        logp, top = [], []
+        for pos in range(len(ids) - n, len(ids)):
+            entry = positions[pos] or {}
+            hit = entry.get(str(ids[pos]))
+            if hit is None:
+                raise ServerError(f"the teacher's server left out the sent token's log-prob at position {pos}")
+            logp.append(float(hit["logprob"]))
+            if k:
+                best = sorted(((int(t), float(v["logprob"])) for t, v in entry.items()), key=lambda p: -p[1])[:k]
+                if len(best) < k:
+                    raise ServerError(f"the teacher's server returned {len(best)} top log-probs where "
+                                      f"model.teacher.server.top_k={k} were asked")
+                top.append(best)
+        return logp, top
+
+    def _score_llama_cpp(self, ids: list[int], n: int):
+        tok, bos = self.tokenizer, self.tokenizer.bos_token_id
+        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        canon = tok(text, add_special_tokens=False).input_ids  # what the server will score
+        if not canon or canon[0] != bos:
+            raise ServerError("llama.cpp's server aligns echoed log-probs only for text that starts with the BOS "
+                              f"token ({tok.bos_token!r}): use a chat-templated task or a vLLM server")
+        out = self.client.call("/completions", {
+            "model": self.opts.model, "prompt": text, "max_tokens": 1, "temperature": 0.0, "echo": True,
+            "logprobs": 0})
+        got = (self._choice(out).get("logprobs") or {}).get("token_logprobs") or []
+        # one entry per token after the first, BOS tokens left out, then the generated token (if any)
+        kept = [j for j in range(1, len(canon)) if canon[j] != bos]
+        if len(got) not in (len(kept), len(kept) + 1):
+            raise ServerError(f"the teacher's server returned log-probs for {len(got)} positions where {len(kept)} "
+                              "were expected (it tokenised the text differently from model.teacher.name_or_path's "
+                              "tokenizer?)")
+        canon_logp = [float("nan")] * len(canon)
+        for j, x in zip(kept, got, strict=False):
+            canon_logp[j] = float("nan") if x is None else float(x)  # the first is null, as in OpenAI's API
+        with self.lock:
+            self.counts["sequences"] += 1
+            self.counts["retokenized"] += canon != ids
+        logp = spread_over_tokens(tok, ids, canon, canon_logp)[len(ids) - n:]
+        if any(x != x for x in logp):  # nan: a BOS token inside the completion, whose entry the server leaves out
+            raise ServerError(f"a completion holds the BOS token {tok.bos_token!r}, whose log-prob llama.cpp's "
+                              "server leaves out: use a vLLM server")
+        return logp, []
+
+    def _choice(self, out: dict) -> dict:
+        if out.get("model") not in (None, self.opts.model) and self.api == "vllm":
+            raise ServerError(f"the teacher's server answered for model {out.get('model')}, not {self.opts.model}")
+        choices = out.get("choices") or []
+        if not choices:
+            raise ServerError(f"the teacher's server answered without choices: {_brief(out)}")
+        return choices[0]
+
+    # -- sampling ------------------------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[list[Sample]]:
+        """``spec.n`` completions of each prompt (token ids), in prompt order: the ``rollout.engines.Engine``
+        protocol, so that ``EngineSampler`` lays them out as any rollout. Seeds come from torch's global
+        generator, which the run seeds: the same run asks for the same samples."""
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts), spec.n)).tolist()
+        jobs = [(p, spec, s) for p, s in zip(prompts, seeds, strict=True)]
+        return self.client.map(self._generate_vllm if self.api == "vllm" else self._generate_llama_cpp, jobs)
+
+    def load_weights(self, weights) -> None:
+        raise ServerError("a served teacher's weights are the server's")
+
+    def rollout(self, tokenizer, prompts: list[str], n: int, gen, device, add_special_tokens: bool = True):
+        """The teacher's completions of ``prompts`` laid out as ``rollout.sampling.generate`` lays them out. They
+        are data for the student (seqkd, gkd) or the teacher's own evaluation: no sampler log-probs go with them,
+        since the update's importance weights correct the student's own samples only."""
+        sampler = EngineSampler(self, tokenizer, device)
+        sampler.stale = False  # nothing to push: the server holds the teacher
+        out = sampler.sample(None, prompts, n, gen, add_special_tokens)
+        out.sampler_logp = None
+        return out
+
+    def _sampling(self, spec: SamplingSpec) -> dict:
+        # explicit: a server's defaults (llama.cpp: top_k 40, min_p 0.05, repeat penalty 1.1) would change the
+        # distribution the teacher samples from
+        return {"max_tokens": spec.max_tokens, "temperature": 0.0 if spec.greedy else spec.temperature,
+                "top_p": 1.0 if spec.greedy else spec.top_p, "min_p": 0.0}
+
+    def _generate_vllm(self, job) -> list[Sample]:
+        prompt, spec, seeds = job
+        out = self.client.call("/completions", {
+            "model": self.opts.model, "prompt": prompt, "n": spec.n, "seed": seeds[0], "top_k": 0,
+            "repetition_penalty": 1.0, "stop_token_ids": [spec.eos_token_id], "return_token_ids": True,
+            "skip_special_tokens": False, **self._sampling(spec)})
+        choices = sorted(out.get("choices") or [], key=lambda c: c.get("index", 0))
+        if len(choices) != spec.n:
+            raise ServerError(f"the teacher's server returned {len(choices)} completions where {spec.n} were asked")
+        return [self._sample(c.get("token_ids") or [], c.get("finish_reason"), spec) for c in choices]
+
+    def _generate_llama_cpp(self, job) -> list[Sample]:
+        prompt, spec, seeds = job
+        tok = self.tokenizer
+        text = tok.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        samples = []
+        for seed in seeds:  # llama-cpp-python's server returns one completion per request
+            out = self.client.call("/completions", {
+                "model": self.opts.model, "prompt": text, "seed": seed, "top_k": 0, "repeat_penalty": 1.0,
+                "stop": [], **self._sampling(spec)})
+            choice = self._choice(out)
+            ids = tok(choice.get("text") or "", add_special_tokens=False).input_ids
+            samples.append(self._sample(ids, choice.get("finish_reason"), spec))
+        return samples
+
+    @staticmethod
+    def _sample(ids: list[int], finish_reason, spec: SamplingSpec) -> Sample:
+        """A completion laid out as sampled ones are: ending with EOS when the server stopped there."""
+        ids = [int(t) for t in ids]
+        if ids and ids[-1] == spec.eos_token_id:
+            ids = ids[:-1]
+        ids = ids[: spec.max_tokens]
+        if finish_reason == "stop" and len(ids) < spec.max_tokens:
+            ids.append(spec.eos_token_id)
+        return Sample(ids, [0.0] * len(ids))
+
+
+def spread_over_tokens(tok, ids: list[int], canon: list[int], canon_logp: list[float]) -> list[float]:
+    """Log-probs of ``canon`` (the canonical tokenisation of ``ids``' text, which a text-only server scores) put on
+    the positions of ``ids``. Where the two agree, each token gets its own; past the first difference, each
+    canonical token's log-prob goes to the first token of ``ids`` whose text ends where it ends or later, so that
+    every prefix ending on a shared boundary keeps its exact total (a token can get 0, or two tokens' sum)."""
+    a = next((k for k, (x, y) in enumerate(zip(ids, canon, strict=False)) if x != y), min(len(ids), len(canon)))
+    out = list(canon_logp[:a]) + [0.0] * (len(ids) - a)
+    if a == len(ids) == len(canon):
+        return out
+
+    def ends(seq):  # characters of text up to the end of each token (a token inside a character counts it)
+        return [len(tok.decode(seq[: k + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+                for k in range(a, len(seq))]
+
+    mine, theirs, j = ends(ids), ends(canon), 0
+    for end, lp in zip(theirs, canon_logp[a:], strict=True):
+        while j < len(mine) - 1 and mine[j] < end:
+            j += 1
+        out[a + j] += lp
+    return out
+
+
+def connect(teacher_cfg, tokenizer, device="cpu") -> ServedTeacher:
+    teacher = ServedTeacher(ServerOptions.from_config(teacher_cfg), tokenizer, device)
+    log.info("teacher served by %s at %s (%s)", teacher.opts.model, teacher.opts.base_url, teacher.api)
+    return teacher
+
+
+def is_served(model) -> bool:
+    return isinstance(model, ServedTeacher)
