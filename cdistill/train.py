@@ -157,6 +157,9 @@ def train_step(run: Run, state: LoopState, step: int) -> dict:
     happened (averaged over every process)."""
     cfg, parts, method = run.cfg, run.parts, run.method
     t0 = time.time()
+    served = getattr(parts.teacher, "served", False)
+    if served:  # what it counts from here on is this step's scoring (evaluations score too)
+        parts.teacher.take_stats()
     source = method.source(step)
     # the same number of completions per step whatever the source: G samples of each prompt, or one given
     # completion for each of G times as many prompts
@@ -184,6 +187,7 @@ def train_step(run: Run, state: LoopState, step: int) -> dict:
         # student's, so they are logged under another name and the curves of the student's metrics skip the step
         batch = {f"offpolicy/{k}": v for k, v in batch.items()}
     record = {"step": step, **batch, **upd, **method.after_step(scored), "bad_steps": state.bad_steps,
+              **(parts.teacher.take_stats() if served else {}),
               "lr": run.scheduler.get_last_lr()[0], "time_generate": t1 - t0, "time_score": t2 - t1,
               "time_update": t3 - t2, "time_step": t3 - t0}
     tokens = float(scored.mask.sum())  # per-token metrics average over every rank's tokens

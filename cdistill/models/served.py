@@ -81,7 +81,7 @@ class Client:
         self.pool = ThreadPoolExecutor(max_workers=opts.max_concurrency, thread_name_prefix="teacher-server")
 
     def call(self, path: str, body: dict | None = None) -> dict:
-        url, last = f"{self.opts.base_url}{path}", ""
+        url, last = path if "://" in path else f"{self.opts.base_url}{path}", ""
         for attempt in range(self.opts.retries + 1):
             if attempt:
                 time.sleep(self.opts.backoff * 2 ** (attempt - 1))
@@ -126,6 +126,8 @@ class ServedTeacher:
     def __init__(self, opts: ServerOptions, tokenizer, device="cpu", client: Client | None = None):
         self.opts, self.tokenizer, self.device = opts, tokenizer, device
         self.client = client or Client(opts)
+        # llama-cpp-python's extras (tokenize) sit beside /v1, not under it
+        self.root = opts.base_url.removesuffix("/v1") if opts.base_url.endswith("/v1") else opts.base_url
         self.name_or_path = f"served:{opts.model}"  # keys the seqkd solutions cache: not the in-process teacher's
         self.counts = {"sequences": 0, "retokenized": 0}  # llama.cpp: sequences scored through another tokenisation
         self.lock = threading.Lock()  # requests run in threads
@@ -215,8 +217,11 @@ class ServedTeacher:
     def _score_llama_cpp(self, ids: list[int], n: int):
         tok, bos = self.tokenizer, self.tokenizer.bos_token_id
         text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        canon = tok(text, add_special_tokens=False).input_ids  # what the server will score
-        if not canon or canon[0] != bos:
+        # the server's own tokenisation of the text (its extras endpoint): the one its log-probs are for, which
+        # can differ from the sampled tokens and even from this tokenizer's (llama.cpp's pre-tokeniser differs)
+        theirs = self.client.call(self.root + "/extras/tokenize", {"model": self.opts.model, "input": text})
+        theirs = [int(t) for t in theirs.get("tokens") or []]
+        if not theirs or theirs[0] != bos:
             raise ServerError("llama.cpp's server aligns echoed log-probs only for text that starts with the BOS "
                               f"token ({tok.bos_token!r}): use a chat-templated task or a vLLM server")
         out = self.client.call("/completions", {
@@ -224,18 +229,17 @@ class ServedTeacher:
             "logprobs": 0})
         got = (self._choice(out).get("logprobs") or {}).get("token_logprobs") or []
         # one entry per token after the first, BOS tokens left out, then the generated token (if any)
-        kept = [j for j in range(1, len(canon)) if canon[j] != bos]
+        kept = [j for j in range(1, len(theirs)) if theirs[j] != bos]
         if len(got) not in (len(kept), len(kept) + 1):
             raise ServerError(f"the teacher's server returned log-probs for {len(got)} positions where {len(kept)} "
-                              "were expected (it tokenised the text differently from model.teacher.name_or_path's "
-                              "tokenizer?)")
-        canon_logp = [float("nan")] * len(canon)
+                              "were sent")
+        their_logp = [float("nan")] * len(theirs)
         for j, x in zip(kept, got, strict=False):
-            canon_logp[j] = float("nan") if x is None else float(x)  # the first is null, as in OpenAI's API
+            their_logp[j] = float("nan") if x is None else float(x)  # the first is null, as in OpenAI's API
         with self.lock:
             self.counts["sequences"] += 1
-            self.counts["retokenized"] += canon != ids
-        logp = spread_over_tokens(tok, ids, canon, canon_logp)[len(ids) - n:]
+            self.counts["retokenized"] += theirs != ids
+        logp = spread_over_tokens(tok, ids, theirs, their_logp)[len(ids) - n:]
         if any(x != x for x in logp):  # nan: a BOS token inside the completion, whose entry the server leaves out
             raise ServerError(f"a completion holds the BOS token {tok.bos_token!r}, whose log-prob llama.cpp's "
                               "server leaves out: use a vLLM server")
@@ -248,6 +252,14 @@ class ServedTeacher:
         if not choices:
             raise ServerError(f"the teacher's server answered without choices: {_brief(out)}")
         return choices[0]
+
+    def take_stats(self) -> dict[str, float]:
+        """The share of sequences scored since the last call whose text tokenises otherwise than they were sampled
+        (llama.cpp only: their teacher log-probs are the canonical tokenisation's, spread over the sampled tokens)."""
+        with self.lock:
+            n, r = self.counts["sequences"], self.counts["retokenized"]
+            self.counts = {"sequences": 0, "retokenized": 0}
+        return {"teacher_retokenized_rate": r / n} if self.api == "llama_cpp" and n else {}
 
     # -- sampling ------------------------------------------------------------------------------------------------
 
@@ -316,9 +328,9 @@ class ServedTeacher:
 
 
 def spread_over_tokens(tok, ids: list[int], canon: list[int], canon_logp: list[float]) -> list[float]:
-    """Log-probs of ``canon`` (the canonical tokenisation of ``ids``' text, which a text-only server scores) put on
-    the positions of ``ids``. Where the two agree, each token gets its own; past the first difference, each
-    canonical token's log-prob goes to the first token of ``ids`` whose text ends where it ends or later, so that
+    """Log-probs of ``canon`` (the tokenisation of ``ids``' text that a text-only server scores) put on the
+    positions of ``ids``. Where the two agree, each token gets its own; past the first difference, each of
+    ``canon``'s log-probs goes to the first token of ``ids`` whose text ends where its token ends or later, so that
     every prefix ending on a shared boundary keeps its exact total (a token can get 0, or two tokens' sum)."""
     a = next((k for k, (x, y) in enumerate(zip(ids, canon, strict=False)) if x != y), min(len(ids), len(canon)))
     out = list(canon_logp[:a]) + [0.0] * (len(ids) - a)
