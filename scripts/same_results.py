@@ -9,7 +9,8 @@ Configurations: every method at its defaults, variants that reach the other code
 micro-batches and inner epochs, PID multiplier, full-vocabulary opd, gkd on references, a LoRA student, a run
 resumed from its checkpoint), and two processes under DDP and under FSDP2. Compared byte for byte:
 ``metrics.jsonl`` and ``evals.jsonl`` (with the wall-clock fields removed), ``eval.json``,
-``eval_samples.jsonl``, ``summary.json`` (less ``train_seconds``), ``config.yaml`` (each side's folder path replaced),
+``eval_samples.jsonl``, ``summary.json`` (less ``train_seconds``), ``config.yaml`` (each side's folder path replaced;
+settings that the change adds, named by ``--new-settings``, left out of the working tree's),
 the final student's files and, for two processes, each rank's weight digest. Both sides build their own embedded
 models (tiny sizes) from scratch, so the model-building code is compared too. Exit 0 only when every
 configuration matches; a table says which matched and, for the others, the first file that differs.
@@ -94,8 +95,24 @@ def without_time(rel: str, text: str) -> str:
     return strip(json.loads(text))
 
 
-def first_difference(a: Path, b: Path) -> str | None:
-    """The first output that differs between two run directories, or None."""
+def without_settings(text: str, keys: list[str]) -> dict:
+    """A recorded config.yaml with the dotted ``keys`` removed."""
+    import yaml
+
+    cfg = yaml.safe_load(text)
+    for key in keys:
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return cfg
+
+
+def first_difference(a: Path, b: Path, new_settings: list[str] | None = None) -> str | None:
+    """The first output that differs between two run directories (``b`` the working tree's, whose config may hold
+    ``new_settings`` that ``a``'s does not), or None."""
     files = [*EXACT, *WITHOUT_TIME, *WITH_PATHS]
     files += sorted(str(p.relative_to(a)) for p in (a / "student").rglob("*") if p.is_file())
     files += sorted(str(p.relative_to(a)) for p in (a / "ranks").glob("*.json")) if (a / "ranks").is_dir() else []
@@ -115,6 +132,8 @@ def first_difference(a: Path, b: Path) -> str | None:
                 return rel
         elif rel in WITH_PATHS:
             ours, theirs = (f.read_text().replace(str(run.parents[1]), "<side>") for f, run in ((fa, a), (fb, b)))
+            if new_settings:
+                ours, theirs = without_settings(ours, []), without_settings(theirs, new_settings)
             if ours != theirs:
                 return rel
         elif fa.read_bytes() != fb.read_bytes():
@@ -128,7 +147,11 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma-separated configuration names (default: all)")
     p.add_argument("--keep", default="", help="write runs here and keep them (default: a temporary directory)")
     p.add_argument("--python", default=sys.executable)
+    p.add_argument("--new-settings", default="",
+                   help="comma-separated dotted keys that the working tree adds to config.yaml (e.g. a new section): "
+                        "left out of the comparison")
     args = p.parse_args()
+    new_settings = [k for k in args.new_settings.split(",") if k]
     names = [*CONFIGS, *TWO_PROCESSES]
     if args.only:
         unknown = set(args.only.split(",")) - set(names)
@@ -168,7 +191,7 @@ def main() -> int:
             if ref_err or work_err:
                 verdict = f"FAILED to run: {'ref: ' + ref_err if ref_err else 'work: ' + work_err}"
             else:
-                diff = first_difference(ref_out, work_out)
+                diff = first_difference(ref_out, work_out, new_settings)
                 verdict = "identical" if diff is None else f"DIFFERENT: {diff}"
             failed += verdict != "identical"
             rows.append((name, verdict, time.time() - t))
