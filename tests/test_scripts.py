@@ -54,3 +54,19 @@ def test_soak_script_samples_resident_memory_against_steps_and_prints_its_table(
     assert "| point | step | seconds | RSS MiB |" in r.stdout and "from warm-up to the end:" in r.stdout
     summary = json.loads((tmp_path / "run" / "soak.json").read_text())
     assert summary["steps"] == 40 and summary["rss_end"] > 50  # a Python process with torch: tens of MiB at least
+
+
+def test_topk_bias_script_measures_the_coarsened_divergences_below_the_exact_ones(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "topk_bias.py"), "--tiny", "--n-prompts", "4",
+                        "--samples", "2", "--ks", "1,5", "--cache", str(tmp_path / "cache"), "--out",
+                        str(tmp_path / "bias.md")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {}  # the per-token table's (the first of two)
+    for line in r.stdout.splitlines():
+        if line.startswith(("| 1 |", "| 5 |")):
+            rows.setdefault(line.split("|")[1].strip(), [c.strip() for c in line.strip("|").split("|")])
+    assert set(rows) == {"1", "5"}
+    kl_exact, kl_approx = float(rows["1"][3]), float(rows["1"][4])
+    assert 0 < kl_approx <= kl_exact  # a lower bound, strictly informative
+    assert float(rows["5"][4]) >= kl_approx  # more of the teacher known: closer to the exact value
+    assert "Lower bound held" in (tmp_path / "bias.md").read_text()
