@@ -42,10 +42,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from (missing, or written under another configuration)."""
 
 
+# how a served teacher is reached, not what it computes: a requeued run may find it elsewhere
+SERVER_TRANSPORT = ("base_url", "api", "api_key_env", "timeout", "retries", "max_concurrency")
+
+
 def fingerprint(cfg) -> str:
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE:
         data.pop(key, None)
+    teacher = data.get("model", {}).get("teacher", {})
+    if teacher.get("backend", "local") == "local":  # as checkpoints written before these settings existed
+        teacher.pop("backend", None)
+        teacher.pop("server", None)
+    else:
+        for key in SERVER_TRANSPORT:
+            teacher.get("server", {}).pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -130,7 +130,8 @@ def _eval(cfg: DictConfig):
         raise UserError(f"{run_dir} is not a training run directory (no config.yaml)")
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     for key, target in (("threshold", "constraint.threshold"), ("n_problems", "eval.n_problems"),
-                        ("samples", "eval.samples"), ("device", "device"), ("family_field", "task.family_field")):
+                        ("samples", "eval.samples"), ("device", "device"), ("family_field", "task.family_field"),
+                        ("teacher_url", "model.teacher.server.base_url")):
         if cfg[key] is not None:
             OmegaConf.update(run_cfg, target, cfg[key])
     validate(run_cfg, command="eval")  # the run's config with this command's overrides (n_problems, samples, device)

@@ -103,9 +103,9 @@ def _served_teacher(cfg, method) -> None:
     if method.conditions_on_budget:
         raise ConfigError(f"method {method.name} runs the teacher beside the student at every sampled token; a served "
                           "teacher cannot: use model.teacher.backend=local")
-    if method.name == "weakest_link" and cfg.method.exact_weight > 0:
-        raise ConfigError("weakest_link's exact term reads the teacher's whole distribution at every position, which "
-                          "a served teacher does not return: set method.exact_weight=0 or model.teacher.backend=local")
+    if method.name == "weakest_link":  # its sampled return leaves the immediate term to the exact one: no subset
+        raise ConfigError("weakest_link's exact term reads the teacher's NLL of every candidate token at every "
+                          "position, which a served teacher does not return: use model.teacher.backend=local")
     full = [what for what, needed in (
         ("constraint.cost=token_kl", cfg.constraint.cost == "token_kl"),
         ("opd's full estimator", method.name == "opd" and cfg.method.get("estimator") == "full"),
@@ -124,6 +124,7 @@ def validate_launch(cfg, method, sharded: bool) -> None:
     if cfg.model.student.get("lora") or method.conditions_on_budget:
         raise ConfigError("under FSDP the student is trained whole and sampled with generate(): a LoRA student "
                           "(small enough to replicate) or saute's token loop runs with DDP instead")
-    if method.uses_cached_teacher_solutions and cfg.model.teacher.get("shard", True):
+    if method.uses_cached_teacher_solutions and cfg.model.teacher.get("shard", True) and \
+            cfg.model.teacher.get("backend", "local") == "local":
         raise ConfigError("seqkd generates each rank's missing teacher solutions once, a different number of calls "
                           "per rank, which a sharded teacher cannot serve; set model.teacher.shard=false")

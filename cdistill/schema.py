@@ -232,6 +232,7 @@ TRAIN: dict[str, object] = {
 EVAL: dict[str, object] = {
     "run_dir": Text(), "checkpoint": Maybe(Text()), "threshold": Maybe(POSITIVE), "n_problems": Maybe(COUNT),
     "samples": Maybe(COUNT), "device": Maybe(Device()), "family_field": Maybe(Text()), "seed": SEED,
+    "teacher_url": Maybe(Text(("://",))),
 }
 
 JUDGE: dict[str, object] = {

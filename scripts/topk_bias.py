@@ -183,6 +183,8 @@ def main() -> None:
     args = p.parse_args()
 
     cfg = config(args)
+    if cfg.model.teacher.get("backend", "local") != "local":
+        sys.exit("topk_bias: the exact divergence needs the teacher's whole distribution: model.teacher.backend=local")
     seed_everything(args.seed)
     t0 = time.time()
     log("building / loading the models (a first build of the embedded pair takes minutes)")

@@ -7,8 +7,10 @@ The format is vLLM 0.33's (``entrypoints/openai/completion/protocol.py``): ``pro
 "decoded_token"}}`` holding the given token and the top k; ``return_token_ids`` adds ``prompt_token_ids`` and each
 choice's ``token_ids``; ``n`` completions per request, stopping at ``stop_token_ids`` (kept in ``token_ids``).
 
-``faults`` injects what a real deployment does: ``{"unavailable": 2}`` answers the next two requests with HTTP 503,
-``{"drop_positions": 1}`` returns one position fewer than sent, ``{"model": "other"}`` answers for another model.
+``/tokenize`` (vLLM's, beside ``/v1``) tokenises a text. ``faults`` injects what a real deployment does:
+``{"unavailable": 2}`` answers the next two requests with HTTP 503, ``{"drop_positions": 1}`` returns one position
+fewer than sent, ``{"model": "other"}`` answers for another model, ``{"tokenizer": 1}`` serves a model whose
+tokenizer is another (ids shifted by one).
 """
 
 from __future__ import annotations
@@ -139,6 +141,10 @@ class FakeVLLM:
                 fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
                 if self.unavailable():
                     return self.send(503, {"error": "loading"})
+                if self.path == "/tokenize":
+                    ids = fake.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
+                    tokens = [t + fake.faults.get("tokenizer", 0) for t in ids.input_ids]
+                    return self.send(200, {"count": len(tokens), "max_model_len": 512, "tokens": tokens})
                 if self.path != "/v1/completions":
                     return self.send(404, {"error": "not found"})
                 if body.get("model") != fake.name:

@@ -4,6 +4,8 @@ process, its top k, retries and one-line failures. The real llama.cpp server is 
 
 import json
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -120,7 +122,7 @@ def test_served_log_probs_and_top_k_are_the_in_process_teachers(tmp_path, cache,
     assert torch.equal(got.topk.ids[mask], top.indices[mask])
     assert torch.allclose(got.topk.logp[mask], top.values[mask], atol=1e-5)
     # token ids went over the wire, one request per sequence, asking for the top 5
-    scored = [r for r in fake.requests if r.get("prompt_logprobs") is not None]
+    scored = [r for r in fake.requests if r["path"] == "/v1/completions" and r.get("prompt_logprobs") is not None]
     assert len(scored) == mask.shape[0] and all(r["prompt_logprobs"] == 5 for r in scored)
     assert all(isinstance(t, int) for r in scored for t in r["prompt"])
 
@@ -151,6 +153,19 @@ def test_training_against_a_served_teacher_matches_the_teacher_in_process(tmp_pa
     # the teacher's sampled accuracy is left out: the server draws its samples with its own generator
     for key in ("accuracy_sampled", "divergence_mean", "teacher_accuracy_greedy"):
         assert summary[key] == pytest.approx(local_summary[key], abs=1e-4), key
+    # re-evaluated later, with the teacher served elsewhere (teacher_url): the same report as at training's end
+    with FakeVLLM(teacher, tok) as moved:
+        r = subprocess.run([sys.executable, "-m", "cdistill.cli", "eval", f"run_dir={tmp_path / 'served'}",
+                            f"teacher_url={moved.base_url}"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert moved.requests  # it was this server that scored
+    (out,) = (tmp_path / "served" / "eval").glob("*/eval.json")
+    evaluated, trained = json.loads(out.read_text()), json.loads((tmp_path / "served" / "eval.json").read_text())
+    assert evaluated["divergence_mean"] == pytest.approx(trained["divergence_mean"], abs=1e-6)
+    # the recorded URL is dead now: without the override, one line
+    r = subprocess.run([sys.executable, "-m", "cdistill.cli", "eval", f"run_dir={tmp_path / 'served'}"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "unreachable at http://127.0.0.1:" in r.stderr
 
 
 @pytest.mark.parametrize("method", [
@@ -167,7 +182,7 @@ def test_methods_that_need_teacher_samples_or_its_distribution_train_against_a_s
                        cache=cache)
         (tmp_path / "run").mkdir()
         summary = train(cfg, tmp_path / "run")
-        sampled = [r for r in fake.requests if r.get("prompt_logprobs") is None]
+        sampled = [r for r in fake.requests if r["path"] == "/v1/completions" and r.get("prompt_logprobs") is None]
     assert summary["steps"] == 2
     if method[0] in ("method=gkd", "method=seqkd"):  # the teacher's completions came from the server
         assert sampled and all(r["stop_token_ids"] == [tok.eos_token_id] for r in sampled)
@@ -182,7 +197,7 @@ def test_transient_failures_are_retried_and_a_dead_server_is_one_line(embedded):
         served = _served(fake, tok, retries=2)  # /models: two 503s, then an answer
         assert served.api == "vllm"
         fake.faults["unavailable"] = 3
-        with pytest.raises(ServerError, match=r"unreachable at .*/v1/models after 3 tries \(HTTP 503\)"):
+        with pytest.raises(ServerError, match=r"server at .*/v1/models failed 3 tries \(HTTP 503 .*loading"):
             _served(fake, tok, retries=2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,6 +225,31 @@ def test_a_server_for_another_model_or_short_of_positions_is_refused(tmp_path, c
             served.completion_forward(rollout.seq)
 
 
+def test_a_served_model_with_another_tokenizer_is_refused(embedded):
+    _, teacher, tok = embedded
+    with FakeVLLM(teacher, tok) as fake:
+        fake.faults["tokenizer"] = 1
+        with pytest.raises(ServerError, match="tokenises otherwise than model.teacher.name_or_path"):
+            _served(fake, tok)
+
+
+def test_how_a_served_teacher_is_reached_is_not_part_of_a_checkpoints_configuration(tmp_path):
+    from omegaconf import OmegaConf
+
+    from cdistill.checkpoint import fingerprint
+
+    served = ["model.teacher.backend=server", "model.teacher.server.top_k=5"]
+    a = fingerprint(tiny_cfg(tmp_path, *served))
+    assert a == fingerprint(tiny_cfg(tmp_path, *served, "model.teacher.server.base_url=http://elsewhere:9/v1",
+                                     "model.teacher.server.timeout=5", "model.teacher.server.retries=1"))
+    assert a != fingerprint(tiny_cfg(tmp_path, *served[:1], "model.teacher.server.top_k=6"))  # what it computes
+    # a local teacher's configuration is fingerprinted as before these settings existed (older checkpoints resume)
+    local = tiny_cfg(tmp_path)
+    older = OmegaConf.to_container(local)
+    del older["model"]["teacher"]["backend"], older["model"]["teacher"]["server"]
+    assert fingerprint(local) == fingerprint(OmegaConf.create(older))
+
+
 def test_the_api_key_is_read_from_the_named_environment_variable(embedded, monkeypatch):
     _, teacher, tok = embedded
     with FakeVLLM(teacher, tok) as fake:
@@ -232,7 +272,8 @@ def _spec(tok):
     (["method=gkd"], "gkd's JSD needs the teacher's distribution"),
     (["method=opd", "method.estimator=full", "constraint.cost=token_kl"], "needs the teacher's distribution"),
     (["method=saute"], "runs the teacher beside the student at every sampled token"),
-    (["method=weakest_link"], "weakest_link's exact term reads the teacher's whole distribution"),
+    (["method=weakest_link"], "weakest_link's exact term reads the teacher's NLL of every candidate token"),
+    (["method=weakest_link", "method.exact_weight=0"], "use model.teacher.backend=local"),
     (["model.teacher.server.base_url=localhost:8000"], "model.teacher.server.base_url must contain ://"),
     (["model.teacher.server.top_k=-1"], "model.teacher.server.top_k must be a whole number >= 0"),
 ])
@@ -243,7 +284,46 @@ def test_what_a_served_teacher_cannot_give_is_refused_in_one_line(tmp_path, over
     assert "\n" not in str(e.value)
 
 
-def test_top_k_and_weakest_link_without_its_exact_term_are_accepted(tmp_path):
+def test_a_top_k_makes_the_full_distribution_terms_acceptable(tmp_path):
     validate(tiny_cfg(tmp_path, "model.teacher.backend=server", "constraint.cost=token_kl",
                       "model.teacher.server.top_k=20"))
-    validate(tiny_cfg(tmp_path, "model.teacher.backend=server", "method=weakest_link", "method.exact_weight=0"))
+    validate(tiny_cfg(tmp_path, "model.teacher.backend=server", "method=gkd", "model.teacher.server.top_k=20"))
+
+
+def test_a_top_k_id_beyond_the_shared_vocabulary_is_a_class_the_student_never_produces():
+    s, t = _rows(n=2, v=6)
+    ids = torch.tensor([[0, 6], [9, 2]])  # 6 and 9: padded rows of a larger teacher head
+    t_top = torch.log(torch.tensor([[0.5, 0.2], [0.1, 0.6]]))
+    cs, ct = coarsened(s, ids, t_top)
+    assert cs[0, 1] == cs[1, 0] == -1.0e4  # no student mass there
+    assert torch.allclose(cs[0, 0], s[0, 0]) and torch.allclose(cs[0, 2].exp(), s[0, 1:].exp().sum())
+    assert torch.allclose(cs[1, 2].exp(), s[1, [0, 1, 3, 4, 5]].exp().sum())
+    assert torch.allclose(ct[:, 2].exp(), torch.tensor([0.3, 0.3]))
+    assert torch.isfinite(kl_from_logprobs(cs, ct)).all()
+
+
+@pytest.mark.parametrize("method", [["method=gkd", "method.on_policy_fraction=1.0"],  # the teacher samples elsewhere
+                                    ["method=cmdp", "constraint.cost=token_kl"]])
+def test_with_the_whole_vocabulary_as_its_top_k_a_served_teacher_trains_as_the_teacher_in_process(
+        tmp_path, cache, embedded, method):
+    _, teacher, tok = embedded
+    common = [*method, "eval.at_start=false", "optim.steps=2"]
+    for run in ("local", "served"):
+        (tmp_path / run).mkdir()
+    train(tiny_cfg(tmp_path, *common, cache=cache), tmp_path / "local")
+    with FakeVLLM(teacher, tok) as fake:
+        train(tiny_cfg(tmp_path, *common, "model.teacher.backend=server",
+                       f"model.teacher.server.base_url={fake.base_url}",
+                       "model.teacher.server.model=teacher", f"model.teacher.server.top_k={len(tok)}", cache=cache),
+              tmp_path / "served")
+
+    def steps(run):
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+                if '"time_step"' in line]
+
+    a, b = steps("local"), steps("served")
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b, strict=True):
+        for key in ("loss", "grad_norm", "divergence_mean"):
+            k = key if key in x else f"offpolicy/{key}"
+            assert y[k] == pytest.approx(x[k], rel=1e-3, abs=1e-4), key

@@ -10,10 +10,11 @@ too, for the coarsened full-distribution terms (``cdistill.objectives.topk``). T
 solutions, ``gkd``'s off-policy batches, the teacher's own evaluation) are the same server's completions.
 
 Sequences go to vLLM as token ids, so no re-tokenisation can shift a position. llama-cpp-python's server takes only
-text: each sequence is sent as its decoded text (special tokens included) and accepted only when that text
-tokenises back to exactly the sent ids and the server returns one entry per expected position
-(``llama_cpp.Llama._create_completion``, 0.3.36: the echoed prompt drops its first token and every BOS token, and
-its log-probs are aligned only when the text starts with BOS).
+text: each sequence is sent as its decoded text (special tokens included); the server's own tokenisation of that
+text (``/extras/tokenize``) says which tokens its log-probs are for, and ``spread_over_tokens`` puts them on the
+sampled tokens (``llama_cpp.Llama._create_completion``, 0.3.36: the echoed prompt drops its first token and every
+BOS token, and its log-probs are aligned only when the text starts with BOS). At connection the served model's
+tokenizer is checked against ``model.teacher.name_or_path``'s on a probe text.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request other
 
 APIS = ("auto", "vllm", "llama_cpp")
 RETRIED = (408, 425, 429, 500, 502, 503, 504)  # statuses that a busy or restarting server answers
+TOKENIZER_PROBE = "Distillation keeps 12 + 7 = 19, and the budget d."
 
 
 class ServerError(RuntimeError):
@@ -87,11 +89,14 @@ class Client:
                 time.sleep(self.opts.backoff * 2 ** (attempt - 1))
             try:
                 r = self.http.post(path, json=body) if body is not None else self.http.get(path)
-            except self.httpx.TransportError as e:  # refused, reset, timed out
+            except self.httpx.TimeoutException:
+                last = "timeout"
+                continue
+            except self.httpx.TransportError as e:  # refused, reset
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 continue
             if r.status_code in RETRIED:
-                last = f"HTTP {r.status_code}"
+                last = f"HTTP {r.status_code} {_brief(r.text, 120)}".rstrip()
                 continue
             if r.status_code >= 400:
                 raise ServerError(f"the teacher's server ({url}) refused the request: HTTP {r.status_code} "
@@ -101,8 +106,15 @@ class Client:
             except ValueError:
                 raise ServerError(f"the teacher's server ({url}) answered something that is not JSON: "
                                   f"{_brief(r.text)}") from None
-        raise ServerError(f"the teacher's server is unreachable at {url} after {self.opts.retries + 1} tries "
-                          f"({last}); is it running? (model.teacher.server.base_url)")
+        tries = self.opts.retries + 1
+        if last == "timeout":
+            raise ServerError(f"the teacher's server at {url} did not answer within model.teacher.server.timeout="
+                              f"{self.opts.timeout:g} s, {tries} tries (overloaded? raise the timeout or lower "
+                              "model.teacher.server.max_concurrency)")
+        if last.startswith("HTTP"):
+            raise ServerError(f"the teacher's server at {url} failed {tries} tries ({last})")
+        raise ServerError(f"the teacher's server is unreachable at {url} after {tries} tries ({last}); is it "
+                          "running? (model.teacher.server.base_url)")
 
     def map(self, fn, items: list) -> list:
         return list(self.pool.map(fn, items))
@@ -132,6 +144,8 @@ class ServedTeacher:
         self.counts = {"sequences": 0, "retokenized": 0}  # llama.cpp: sequences scored through another tokenisation
         self.lock = threading.Lock()  # requests run in threads
         self.api = self._connect()
+        self.adds_bos = False  # set by the tokenizer check (llama.cpp: a GGUF whose metadata adds BOS)
+        self._check_tokenizer()
         if opts.top_k and self.api == "llama_cpp":
             raise ServerError("model.teacher.server.top_k needs a vLLM server: llama.cpp's server names its top "
                               "log-probs by their text, which does not identify a token")
@@ -148,6 +162,44 @@ class ServedTeacher:
             return self.opts.api
         owner = next(m.get("owned_by") for m in served if m.get("id") == self.opts.model)
         return "vllm" if owner == "vllm" else "llama_cpp"
+
+    def _server_tokens(self, text: str) -> list[int] | None:
+        """The server's tokens for ``text`` (with the special tokens it adds itself), or None without the endpoint:
+        vLLM's ``/tokenize``, llama-cpp-python's ``/extras/tokenize``."""
+        path, body = ("/tokenize", {"prompt": text, "add_special_tokens": True}) if self.api == "vllm" else \
+            ("/extras/tokenize", {"input": text})
+        try:
+            out = self.client.call(self.root + path, {"model": self.opts.model, **body})
+        except ServerError:
+            return None
+        return [int(t) for t in out.get("tokens") or []]
+
+    def _check_tokenizer(self) -> None:
+        """The served model must tokenise as ``model.teacher.name_or_path``'s tokenizer does (an alias in
+        ``server.model`` could name any model): a probe text, compared apart from a leading BOS."""
+        theirs = self._server_tokens(TOKENIZER_PROBE)
+        if theirs is None:
+            log.warning("the teacher's server has no tokenize endpoint: its tokenizer is not checked against the "
+                        "student's")
+            return
+        bos = self.tokenizer.bos_token_id
+        self.adds_bos = bool(theirs) and theirs[0] == bos
+        mine = self.tokenizer(TOKENIZER_PROBE, add_special_tokens=False).input_ids
+        if theirs[self.adds_bos:] != mine:
+            raise ServerError(f"the teacher's server tokenises otherwise than model.teacher.name_or_path="
+                              f"{self.tokenizer.name_or_path}'s tokenizer (a probe gave {theirs[:8]}… against "
+                              f"{mine[:8]}…): serve the teacher whose tokenizer the student shares")
+
+    def _text(self, ids: list[int]) -> str:
+        """The text a llama.cpp server is sent for ``ids``: without their leading BOS when the server puts one
+        before every text itself (GGUF ``add_bos_token``), so that it scores the very same tokens."""
+        tok = self.tokenizer
+        if self.adds_bos:
+            if not ids or ids[0] != tok.bos_token_id:
+                raise ServerError(f"the teacher's server puts {tok.bos_token!r} before every text, and these tokens "
+                                  "do not start with it: it would score another sequence")
+            ids = ids[1:]
+        return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     # -- scoring -------------------------------------------------------------------------------------------------
 
@@ -216,7 +268,7 @@ class ServedTeacher:
 
     def _score_llama_cpp(self, ids: list[int], n: int):
         tok, bos = self.tokenizer, self.tokenizer.bos_token_id
-        text = tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = self._text(ids)
         # the server's own tokenisation of the text (its extras endpoint): the one its log-probs are for, which
         # can differ from the sampled tokens and even from this tokenizer's (llama.cpp's pre-tokeniser differs)
         theirs = self.client.call(self.root + "/extras/tokenize", {"model": self.opts.model, "input": text})
@@ -304,7 +356,7 @@ class ServedTeacher:
     def _generate_llama_cpp(self, job) -> list[Sample]:
         prompt, spec, seeds = job
         tok = self.tokenizer
-        text = tok.decode(prompt, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = self._text(prompt)
         samples = []
         for seed in seeds:  # llama-cpp-python's server returns one completion per request
             out = self.client.call("/completions", {

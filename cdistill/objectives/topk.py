@@ -34,11 +34,18 @@ class TopK(NamedTuple):
 
 def coarsened(student_logp: torch.Tensor, ids: torch.Tensor, teacher_logp: torch.Tensor):
     """([n, k+1], [n, k+1]) log-probs of the student ([n, V] rows) and the teacher ([n, k] at ``ids``) on the
-    classes {each of the teacher's top k tokens, every other token}. Differentiable in ``student_logp``."""
-    s_top = student_logp.gather(1, ids)
+    classes {each of the teacher's top k tokens, every other token}. Differentiable in ``student_logp``.
+
+    A top-k id at or beyond V (a padded row of the teacher's head, which a server scores too) is a class the
+    student never produces: its student log-prob is LOG_ZERO."""
+    v = student_logp.shape[1]
+    # one column more, LOG_ZERO, stands for every id >= V
+    padded = torch.cat([student_logp, student_logp.new_full((student_logp.shape[0], 1), LOG_ZERO)], 1)
+    ids = ids.clamp(max=v)
+    s_top = padded.gather(1, ids)
     # the top k filled with LOG_ZERO, not -inf: at k = V the rest is empty, and logsumexp over all -inf has a nan
     # gradient
-    s_rest = torch.logsumexp(student_logp.scatter(1, ids, LOG_ZERO), dim=1, keepdim=True)
+    s_rest = torch.logsumexp(padded.scatter(1, ids, LOG_ZERO)[:, :v], dim=1, keepdim=True)
     t = teacher_logp.float()
     # 1 − (the top k's mass) from float32 log-probs is off by ~1e-6 (more when a server's rounding puts the mass a hair
     # above 1): a smaller rest is not known, and under-stating it would over-state the KL where the student puts
