@@ -70,3 +70,15 @@ def test_topk_bias_script_measures_the_coarsened_divergences_below_the_exact_one
     assert 0 < kl_approx <= kl_exact  # a lower bound, strictly informative
     assert float(rows["5"][4]) >= kl_approx  # more of the teacher known: closer to the exact value
     assert "Lower bound held" in (tmp_path / "bias.md").read_text()
+
+
+def test_served_teacher_bench_dry_run_plans_the_same_training_for_both_teachers(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_served_teacher.py"), "--dry-run", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in r.stdout.splitlines() if ": " in line}
+    local, served = lines["local"].split(), lines["server"].split()
+    assert "model.teacher.backend=local" in local and "model.teacher.backend=server" in served
+    same = [a for a in local if a.startswith(("optim.", "rollout.", "eval.", "seed="))]
+    assert same and all(a in served for a in same)  # identical settings apart from where the teacher runs
+    assert "llama_cpp.server" in lines["llama-cpp-python server"]
