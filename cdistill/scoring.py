@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from cdistill.models.forward import CompletionForward, completion_forward, prompt_groups
+from cdistill.models.forward import CompletionForward, completion_forward, output_weight, prompt_groups
 from cdistill.objectives import COSTS, Scored, ScoringSpec, constraint_stats, logratio_cost
 from cdistill.objectives.topk import TopK
 from cdistill.rollout.sampling import Rollout
@@ -39,9 +39,7 @@ def score_rollout(rollout: Rollout, problems, parts, cfg, policy=None, keep_teac
     # a teacher behind a server (cdistill.models.served) has no weights here; evaluated as the policy, it is
     # scored once, at temperature 1, and its divergence from itself is zero
     served_policy = getattr(policy, "served", False)
-    weights = {"student_weight": None if served_policy else policy.get_output_embeddings().weight,
-               "teacher_weight": None if getattr(parts.teacher, "served", False) else
-               parts.teacher.get_output_embeddings().weight}
+    weights = {"student_weight": output_weight(policy), "teacher_weight": output_weight(parts.teacher)}
     parts_of, teacher_hidden = [], []
     for start in range(0, seq.input_ids.shape[0], micro_batch):
         mb = seq.select(slice(start, start + micro_batch))

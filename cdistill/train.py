@@ -26,7 +26,7 @@ from cdistill.eval.metrics import batch_summary
 from cdistill.logger import MetricsLogger
 from cdistill.methods import Method, build_method
 from cdistill.models.budget_input import attach, has_budget_input
-from cdistill.models.forward import CompletionForward, Sequences, prompt_groups
+from cdistill.models.forward import CompletionForward, Sequences, output_weight, prompt_groups
 from cdistill.models.loading import Components, build_components, resolve_model_path, save_student
 from cdistill.models.parallel import Dist, Sharded, StudentForward, write_rank_state
 from cdistill.objectives import MicroBatch, Scored, clipped_policy_loss, truncated_importance_weights
@@ -257,9 +257,7 @@ def micro_batch_loss(run: Run, scored: Scored, *, rows: torch.Tensor, forward: C
                                       o.clip_low, o.clip_high, denom, None if importance is None else importance[rows])
     batch = MicroBatch(rows, forward.logp, forward.hidden, scored.mask[rows], scored.teacher_logp[rows],
                        None if scored.teacher_hidden is None else scored.teacher_hidden[rows],
-                       student.get_output_embeddings().weight,
-                       None if getattr(teacher, "served", False) else teacher.get_output_embeddings().weight,
-                       scoring_spec(run.cfg, run.parts.vocab),
+                       output_weight(student), output_weight(teacher), scoring_spec(run.cfg, run.parts.vocab),
                        None if scored.teacher_topk is None else scored.teacher_topk.select(rows))
     extra = run.method.extra_loss(scored, batch, denom)
     return (loss if extra is None else loss + extra), stats["clip_frac"]

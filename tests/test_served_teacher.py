@@ -104,6 +104,11 @@ def _rollout(cfg, parts, n=3):
     return generate(parts.student, parts.tokenizer, prompts, n, gen, "cpu", parts.task.add_special_tokens)
 
 
+def _train_steps(run) -> list[dict]:
+    """The training steps' records of a run's metrics.jsonl (evaluations left out)."""
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"time_step"' in line]
+
+
 def test_served_log_probs_and_top_k_are_the_in_process_teachers(tmp_path, cache, embedded):
     cfg, teacher, tok = embedded
     parts = build_components(cfg)
@@ -140,11 +145,7 @@ def test_training_against_a_served_teacher_matches_the_teacher_in_process(tmp_pa
                           cache=cache)
         summary = train(served, tmp_path / "served")
 
-    def steps(run):
-        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-                if '"reward"' in line]
-
-    a, b = steps("local"), steps("served")
+    a, b = _train_steps(tmp_path / "local"), _train_steps(tmp_path / "served")
     assert len(a) == len(b) == 3
     for x, y in zip(a, b, strict=True):
         for key in ("reward", "divergence_mean", "sampled_kl_per_token", "lambda", "loss", "grad_norm"):
@@ -317,11 +318,7 @@ def test_with_the_whole_vocabulary_as_its_top_k_a_served_teacher_trains_as_the_t
                        "model.teacher.server.model=teacher", f"model.teacher.server.top_k={len(tok)}", cache=cache),
               tmp_path / "served")
 
-    def steps(run):
-        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
-                if '"time_step"' in line]
-
-    a, b = steps("local"), steps("served")
+    a, b = _train_steps(tmp_path / "local"), _train_steps(tmp_path / "served")
     assert len(a) == len(b) == 2
     for x, y in zip(a, b, strict=True):
         for key in ("loss", "grad_norm", "divergence_mean"):

@@ -108,6 +108,11 @@ class CompletionForward(NamedTuple):
 AT_TEMPERATURE_ONE = ScoringSpec()
 
 
+def output_weight(model) -> torch.Tensor | None:
+    """The output embedding [V, H] that full-vocabulary terms read; None for a teacher behind a server."""
+    return None if getattr(model, "served", False) else model.get_output_embeddings().weight
+
+
 def completion_forward(model, seq: Sequences, spec: ScoringSpec = AT_TEMPERATURE_ONE) -> CompletionForward:
     sharded = getattr(model, "completion_forward", None)
     if sharded is not None:  # a sharded (FSDP) model: its forward must enter through the FSDP root

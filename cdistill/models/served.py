@@ -214,11 +214,11 @@ class ServedTeacher:
         b, t, k = seq.completion_ids.shape[0], seq.completion_ids.shape[1], self.opts.top_k
         logp = torch.zeros(b, t)
         ids, top = torch.zeros(b, t, k, dtype=torch.long), torch.full((b, t, k), float("-inf"))
-        for i, (lp, tk) in enumerate(scored):
+        for i, (lp, tk) in enumerate(scored):  # one tensor per sequence, not per position
             logp[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
-            for j, pairs in enumerate(tk or []):
-                ids[i, j] = torch.tensor([p[0] for p in pairs])
-                top[i, j] = torch.tensor([p[1] for p in pairs])
+            if tk:
+                ids[i, : len(tk)] = torch.tensor([[p[0] for p in pairs] for pairs in tk])
+                top[i, : len(tk)] = torch.tensor([[p[1] for p in pairs] for pairs in tk])
         d = seq.completion_ids.device
         topk = TopK(ids.to(d), top.to(d)) if k else None
         entropy = torch.full((b, t), float("nan"), device=d)  # not returned by a server
