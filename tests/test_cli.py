@@ -85,7 +85,7 @@ def test_a_seed_sweep_gets_one_directory_per_job_and_reports_one_row_per_setting
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("| soft_penalty |")]
     assert [row.split("|")[2:5] for row in rows] == [
-        [" method.penalty=0.1 ", " sum of logratio <= 10 ", " 0,1,2 "],
-        [" method.penalty=1 ", " sum of logratio <= 10 ", " 0,1,2 "]]
+        [" method.penalty=0.1 ", " sum of logratio, read at d = 10 ", " 0,1,2 "],
+        [" method.penalty=1 ", " sum of logratio, read at d = 10 ", " 0,1,2 "]]
     assert all("[" in row.split("|")[5] for row in rows)  # sampled accuracy: a mean with its interval
     assert "6 runs in 2 groups" in r.stdout

@@ -59,16 +59,18 @@ def test_pareto_plots_c_of_y_only_when_every_run_measures_it_the_same_way():
 
 
 def replicate(root, name, *, method="soft_penalty", seed=0, penalty=0.1, d=10.0, correct, divergence, peak=None,
-              logging_mode="offline", families=None, start=None, teacher=None):
+              logging_mode="offline", families=None, start=None, teacher=None, flaw=None):
     """A finished run as cdistill writes it: resolved config, summary and per-problem evaluation records
     (``correct[i]`` and ``divergence[i]``: problem i's sampled completions; ``families[i]``: problem i's family),
     and with ``start`` the start evaluation's per-family report in ``evals.jsonl`` (``teacher``: the teacher's, in the
-    summary)."""
+    summary); ``flaw``: the embedded teacher's (``+exp=flawed_teacher``: "sells")."""
     run = root / name
     run.mkdir(parents=True)
     config = {"seed": seed, "method": {"name": method, "penalty": penalty},
               "logging": {"wandb": {"mode": logging_mode}},
-              "constraint": {"cost": "logratio", "kind": "sum", "threshold": d}}
+              "constraint": {"cost": "logratio", "kind": "sum", "threshold": d},
+              "model": {"teacher": {"name_or_path": "embedded:teacher", "dtype": "float32", "shard": True},
+                        "embedded": {"seed": 0, "teacher": {"steps": 500, "flaw": flaw}, "student": {"steps": 600}}}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     peak = peak or divergence
     records = [{"question": f"q{i}", "gold": "1", "greedy": "", "greedy_correct": bool(c[0]), "greedy_answer": "1",
@@ -105,43 +107,68 @@ def test_runs_that_differ_only_in_seed_and_resources_are_one_group_labelled_by_w
 def test_a_group_reports_the_mean_over_seeds_and_problems_with_an_interval_that_contains_it(tmp_path, capsys):
     # seed 0 answers 2 of 4 samples right on each problem, seed 1 all of them: mean (0.5 + 1) / 2 = 0.75
     replicate(tmp_path, "s0", seed=0, correct=[[1, 0, 1, 0]] * 5, divergence=[[1.0] * 4] * 5)
-    replicate(tmp_path, "s1", seed=1, correct=[[1, 1, 1, 1]] * 5, divergence=[[1.0] * 4] * 5)
+    replicate(tmp_path, "s1", seed=1, correct=[[1, 1, 1, 1]] * 5, divergence=[[3.0] * 4] * 5)
     report_main([str(tmp_path)])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| soft_penalty"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "0,1"
-    mean, low, high = (float(x) for x in cells[4].replace("[", "").replace("]", "").replace(",", "").split())
-    # every problem is alike, so the interval is over the two seeds alone: seed means 0.5 and 1, a standard error
-    # of 0.25 and Student's t at one degree of freedom (12.706): two seeds say little
-    assert (mean, low, high) == (0.75, round(0.75 - 12.7062 * 0.25, 3), round(0.75 + 12.7062 * 0.25, 3))
+    def numbers(text):
+        return tuple(float(x) for x in text.replace("[", "").replace("]", "").replace(",", "").split())
+
+    # every problem is alike, so the interval is over the two seeds alone: seed means 1 and 3 of C(y), a standard
+    # error of 1 and Student's t at one degree of freedom (12.706): two seeds say little
+    assert numbers(cells[6]) == (2.0, round(2 - 12.7062, 2), round(2 + 12.7062, 2))
+    # the same interval on sampled accuracy (seed means 0.5 and 1: 0.75 ± 12.706 · 0.25) is clipped to what a rate
+    # can be
+    assert numbers(cells[4]) == (0.75, 0.0, 1.0)
 
 
-def test_paired_verdict_names_the_better_method_and_reads_satisfaction_at_cmdps_budget(tmp_path, capsys):
+def test_a_declared_comparison_names_the_better_method_and_the_rest_is_exploratory_without_verdicts(tmp_path, capsys):
     n = 30
     for seed in (0, 1):
         # cmdp right on every problem, C(y) = 4; the fixed penalty wrong everywhere, C(y) = 6
         replicate(tmp_path, f"cmdp{seed}", method="cmdp", d=5.0, seed=seed, correct=[[1, 1]] * n,
                   divergence=[[4.0, 4.0]] * n)
         replicate(tmp_path, f"soft{seed}", d=10.0, seed=seed, correct=[[0, 0]] * n, divergence=[[6.0, 6.0]] * n)
-    report_main([str(tmp_path)])
+    report_main([str(tmp_path)])  # nothing declared: no verdict
     out = capsys.readouterr().out
-    row = next(line for line in out.splitlines() if line.startswith("| cmdp d=5 | soft_penalty"))  # the verdicts
+    md = (tmp_path / "report.md").read_text()
+    assert "better" not in md and "## Exploratory (not corrected for multiplicity; no verdicts)" in md
+    assert "No comparison was declared" in md
+    row = next(line for line in out.splitlines() if line.startswith("| cmdp d=5 | soft_penalty |"))  # no d: ignored
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[2] == "5" and cells[3] == "0,1"
-    assert cells[4].startswith("+1.000 [+1.000, +1.000]") and "**A better**" in cells[4]
+    assert cells[2] == "5" and cells[3] == "paired by seed (0,1)"
+    # every difference is +1 (a rate with no estimated variance): Newcombe's interval from the two Wilson intervals
+    # over 30 problems, [1 − sqrt(2) · 0.1135, 1], not a zero-width certainty
+    assert cells[4] == "+1.000 [+0.839, +1.000]"
     # at cmdp's d = 5 the fixed penalty's C(y) = 6 is never satisfied (at its own d = 10 it always is)
-    assert cells[5].startswith("+1.000") and "**A better**" in cells[5]
-    assert cells[7].startswith("-2.00") and "**A better**" in cells[7]  # lower C(y) is better
-    assert "**cmdp d=5** vs **soft_penalty d=10**" in out
+    assert cells[5] == "+1.000 [+0.839, +1.000]"
+    assert cells[7] == "-2.00 [-2.00, -2.00]"  # C(y) is not a rate: equal differences, a zero-width interval
+    assert "- cmdp d=5 vs soft_penalty (no fixed penalty was as little divergent" in md  # matched, exploratory
+    assert "### The hard budget against the best fixed penalty, at matched divergence (exploratory" in md
+
+    (tmp_path / "verdicts.yaml").write_text("comparisons: [[cmdp, soft_penalty]]\nprimary: accuracy_sampled\n"
+                                           "alpha: 0.05\n")
+    report_main([str(tmp_path)])
+    capsys.readouterr()
+    md = (tmp_path / "report.md").read_text()
+    section = md.split("## Declared verdicts (Holm-corrected, family-wise alpha)")[1].split("## Exploratory")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| cmdp d=5 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:6] == ["cmdp d=5", "soft_penalty", "5", "paired by seed (0,1)", "+1.000", "[+0.839, +1.000]"]
+    assert cells[-1] == "**cmdp d=5 better**" and cells[7] == cells[8] == "<0.0001"  # one comparison: Holm = raw
+    assert "better" not in md.split("## Exploratory")[1]
 
 
 def test_no_detectable_difference_when_two_methods_answer_alike(tmp_path, capsys):
     rows = [[1, 0], [0, 1], [1, 1], [0, 0]] * 5
-    replicate(tmp_path, "c", method="cmdp", correct=rows, divergence=[[1.0, 1.0]] * 20)
-    replicate(tmp_path, "s", correct=rows[::-1], divergence=[[1.0, 1.0]] * 20)
+    for seed in (0, 1):
+        replicate(tmp_path, f"c{seed}", method="cmdp", seed=seed, correct=rows, divergence=[[1.0, 1.0]] * 20)
+        replicate(tmp_path, f"s{seed}", seed=seed, correct=rows[::-1], divergence=[[1.0, 1.0]] * 20)
+    (tmp_path / "verdicts.yaml").write_text("comparisons: [[cmdp, soft_penalty]]\nprimary: accuracy_sampled\n")
     report_main([str(tmp_path)])
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cmdp d=10 |"))
-    assert "**no detectable difference**" in row.split("|")[5]
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cmdp d=10 | soft_penalty"))
+    assert row.split("|")[-2].strip() == "**no detectable difference**"
 
 
 def test_the_never_exceeded_reading_differs_from_the_end_reading_with_signed_costs(tmp_path, capsys):
@@ -163,8 +190,8 @@ def test_budget_trained_methods_are_compared_only_at_the_same_budget(tmp_path):
     replicate(tmp_path, "l10", method="lagrangian", d=10.0, **row)
     replicate(tmp_path, "s", method="soft_penalty", d=10.0, **row)
     found = {(a.name, b.name, d) for a, b, d in pairs(group_runs(finished_runs(tmp_path)))}
-    assert found == {("cmdp d=5", "soft_penalty d=10", 5.0), ("cmdp d=10", "soft_penalty d=10", 10.0),
-                     ("cmdp d=10", "lagrangian d=10", 10.0), ("lagrangian d=10", "soft_penalty d=10", 10.0)}
+    assert found == {("cmdp d=5", "soft_penalty", 5.0), ("cmdp d=10", "soft_penalty", 10.0),
+                     ("cmdp d=10", "lagrangian d=10", 10.0), ("lagrangian d=10", "soft_penalty", 10.0)}
 
 
 def test_a_run_repeating_a_seed_is_left_out_with_a_warning_not_counted_twice(tmp_path, capsys):
@@ -195,7 +222,7 @@ def test_report_shows_per_family_accuracy_gain_and_divergence_with_intervals(tmp
     assert (tmp_path / "families.png").stat().st_size > 0
     section = md.split("## Per family")[1]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
-             if line.startswith("| soft_penalty | - | sum of logratio <= 10 | 0,1 |")]  # its constraint named
+             if line.startswith("| soft_penalty | - | sum of logratio, read at d = 10 | 0,1 |")]  # its constraint named
     rows = {c[4]: c[:2] + c[3:] for c in cells}
     assert set(rows) == {"sells", "other"}  # natural order, one row per family
     sells, other = rows["sells"], rows["other"]
@@ -203,8 +230,10 @@ def test_report_shows_per_family_accuracy_gain_and_divergence_with_intervals(tmp
     # sells: seed 0 right on every sample, seed 1 on half: mean 0.75, gain 0.75 - 0.25 = 0.5; other: no gain
     assert sells[7].startswith("0.750 [") and sells[8].startswith("+0.500 [") and sells[9] == "3.00"
     assert sells[10] == "13.00 [13.00, 13.00]"
-    assert other[7] == "0.500 [0.500, 0.500]" and other[8] == "+0.000 [+0.000, +0.000]" and other[10].startswith("2.00")
-    assert sells[11] == "0.000 [0.000, 0.000]" and other[11] == "1.000 [1.000, 1.000]"  # satisfied: C(y) <= 10
+    # a rate equal on every problem and seed: Wilson's interval over the family's problems (6 "other", 4 "sells"),
+    # not a zero-width one; the gain is a difference, not a rate
+    assert other[7] == "0.500 [0.188, 0.812]" and other[8] == "+0.000 [+0.000, +0.000]" and other[10].startswith("2.00")
+    assert sells[11] == "0.000 [0.000, 0.490]" and other[11] == "1.000 [0.610, 1.000]"  # satisfied: C(y) <= 10
     assert "| sells |" in out  # printed too
 
 

@@ -42,7 +42,8 @@ def test_compare_script_runs_every_method_over_its_grid_and_reports_the_matched_
     assert len(list(sweep.glob("*/summary.json"))) == 8  # cmdp, lagrangian at d=5 and two penalties, 2 seeds each
     md = (sweep / "report.md").read_text()
     assert "8 runs in 4 groups" in r.stdout
-    assert "## Paired verdicts" in md and "## The hard budget against the best fixed penalty" in md
+    assert "## Exploratory (not corrected for multiplicity; no verdicts)" in md
+    assert "## The hard budget against the best fixed penalty" in md
     assert "comparison finished in" in r.stdout
 
 

@@ -1,6 +1,7 @@
 """``cdistill.eval.stats``: the interval against a brute-force variance-components computation and against its
-coverage in simulation, the paired sign-flip test against hand-counted p-values, verdicts, curve smoothing and
-seed bands, and input validation."""
+coverage in simulation, the t distribution against tables and a brute-force integral, one model for a difference's
+interval and p-value, verdicts from adjusted p-values, curve smoothing and seed bands, and input validation.
+(The declared verdicts under the null, Holm, equivalence and rates: tests/test_verdicts.py.)"""
 
 import math
 
@@ -8,13 +9,21 @@ import numpy as np
 import pytest
 
 from cdistill.eval.stats import (
+    PAIRED,
+    RUNS,
+    UNPAIRED,
     Difference,
     band,
     group_interval,
+    holm,
+    method_difference,
     paired_difference,
     smooth,
     t_quantile,
+    t_sf,
+    unpaired_difference,
     verdict,
+    wilson_interval,
 )
 
 
@@ -86,13 +95,36 @@ def test_equal_values_give_a_zero_width_interval():
     assert (iv.mean, iv.low, iv.high) == (0.25, 0.25, 0.25)
 
 
-def test_exact_sign_flip_p_for_all_positive_differences_is_two_over_two_to_the_n():
-    base = np.array([0.1, 0.9, 0.4, 0.7, 0.2, 0.5])  # a shared per-problem level that pairing removes
-    for n in (5, 6):
-        d = paired_difference(base[:n] + np.arange(1.0, n + 1), base[:n])
-        assert d.p_exact
-        assert d.p_value == 2 / 2 ** n  # only all-plus and all-minus reach |mean| >= the observed one
-        assert d.mean == pytest.approx((n + 1) / 2)
+def brute_t_sf(t, df):
+    """P(T > t) as a plain Simpson integral of Student's density over [t, t + 2000] (the tail left out is largest at
+    2 degrees of freedom, 1.3e-7, inside the tolerance of the values compared)."""
+    x = np.linspace(t, t + 2000.0, 2_000_001)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+    f = c * (1 + x * x / df) ** (-(df + 1) / 2)
+    h = x[1] - x[0]
+    return float(h / 3 * (f[0] + f[-1] + 4 * f[1:-1:2].sum() + 2 * f[2:-1:2].sum()))
+
+
+@pytest.mark.parametrize(("t", "df"), [(0.5, 2), (2.0, 3.5), (4.2426, 4), (2.0, 10), (6.0, 30), (1.0, 600)])
+def test_t_tail_matches_a_brute_force_integral_and_closed_forms(t, df):
+    assert t_sf(t, df) == pytest.approx(brute_t_sf(t, df), rel=1e-6, abs=1e-12)
+    assert t_sf(-t, df) == pytest.approx(1 - t_sf(t, df))
+    assert t_sf(1.0, 1) == pytest.approx(0.25)  # Cauchy: 1/2 - atan(1)/pi
+    assert t_sf(t, 2) == pytest.approx(0.5 - t / (2 * math.sqrt(t * t + 2)))  # closed form at 2 degrees of freedom
+
+
+def test_t_quantile_inverts_the_tail_the_p_values_use():
+    for df in (1, 2.5, 7, 120):
+        for p in (0.9, 0.975, 0.9995):
+            assert t_sf(t_quantile(p, df), df) == pytest.approx(1 - p, rel=1e-9)
+
+
+def test_one_run_p_value_is_the_t_test_over_problems():
+    # differences 1..5 between two runs on five problems: mean 3, standard error sqrt(2.5 / 5), t = 4.2426 at 4 df
+    d = paired_difference(np.arange(1.0, 6.0), np.zeros(5))
+    assert d.model == RUNS and d.df == 4 and d.se == pytest.approx(math.sqrt(0.5))
+    assert d.p_value == pytest.approx(2 * brute_t_sf(3 / math.sqrt(0.5), 4), rel=1e-6)
+    assert d.p_value == pytest.approx(0.01324, abs=1e-5)  # the textbook two-sided p of t = 4.243 at 4 df
 
 
 def test_symmetric_differences_give_p_one():
@@ -101,11 +133,13 @@ def test_symmetric_differences_give_p_one():
     assert d.p_value == 1.0 and d.mean == pytest.approx(0.0)
 
 
-def test_sign_flip_test_uses_differences_averaged_over_seeds():
-    # seed 0 is positive on every problem, seed 1 negative; the seed averages are all positive
+def test_the_p_value_counts_the_seeds_disagreement():
+    # seed 0 positive on every problem, seed 1 negative: every seed-averaged difference is positive (a sign-flip test
+    # over problems gave p = 2/32), but the methods' difference changes sign from seed to seed
     diff = np.array([[1.0, 2.0, 3.0, 4.0, 5.0], [-0.5, -1.0, -1.0, -1.0, -1.0]])
     d = paired_difference(diff, np.zeros_like(diff))
-    assert d.p_value == 2 / 32 and (d.n_seeds, d.n_problems) == (2, 5)
+    assert d.model == PAIRED and d.p_value > 0.3 and d.low < 0 < d.high
+    assert paired_difference(diff.mean(0), np.zeros(5)).p_value < 0.05  # the same numbers as one run: "these runs"
 
 
 def test_identical_groups_give_p_one_and_a_zero_interval():
@@ -117,8 +151,8 @@ def test_identical_groups_give_p_one_and_a_zero_interval():
 def test_paired_interval_is_the_interval_of_the_differences():
     rng = np.random.default_rng(4)
     a, b = rng.random((3, 30)), rng.random((3, 30))
-    d, g = paired_difference(a, b, seed=7), group_interval(a - b)
-    assert (d.mean, d.low, d.high) == (g.mean, g.low, g.high)
+    d, g = paired_difference(a, b), group_interval(a - b)
+    assert (d.mean, d.low, d.high) == pytest.approx((g.mean, g.low, g.high), abs=1e-12)
 
 
 def test_paired_interval_is_narrower_than_unpaired_when_problems_share_a_large_effect():
@@ -135,49 +169,74 @@ def test_paired_interval_is_narrower_than_unpaired_when_problems_share_a_large_e
     assert paired.low < 0.3 < paired.high
 
 
-def test_monte_carlo_p_detects_a_clear_effect_and_not_a_null_and_is_deterministic():
+def test_unpaired_difference_adds_both_seed_variances_and_pairs_the_problems():
     rng = np.random.default_rng(6)
-    b = rng.random((2, 40))
-    effect = paired_difference(b + 0.2 + rng.normal(0.0, 0.1, size=(2, 40)), b)
-    assert not effect.p_exact and effect.p_value < 0.01
-    null = paired_difference(b + np.where(np.arange(40) % 2 == 0, 1.0, -1.0) * (1 + 0.01 * np.arange(40)), b)
-    assert not null.p_exact and null.p_value > 0.5
-    moderate_a = b + rng.normal(0.05, 0.3, size=(2, 40))
-    first = paired_difference(moderate_a, b, seed=11)
-    assert paired_difference(moderate_a, b, seed=11) == first  # same seed, same result
-    assert paired_difference(moderate_a, b, seed=12).p_value != first.p_value  # the p-value is a Monte Carlo one
+    a, b = rng.random((3, 20)), rng.random((4, 20))
+    d = unpaired_difference(a, b)
+    parts = [(a.mean(1).var(ddof=1) / 3, 2), (b.mean(1).var(ddof=1) / 4, 3),
+             ((a.mean(0) - b.mean(0)).var(ddof=1) / 20, 19)]
+    var = sum(v for v, _ in parts)
+    assert d.model == UNPAIRED and d.mean == pytest.approx(a.mean() - b.mean())
+    assert d.se == pytest.approx(math.sqrt(var)) and d.df == pytest.approx(var**2 / sum(v**2 / k for v, k in parts))
 
 
-def test_monte_carlo_p_uses_the_plus_one_correction_and_agrees_with_enumeration():
-    n = 17  # the smallest Monte Carlo size; 2^17 patterns can still be enumerated here
-    positive = paired_difference(np.arange(1.0, n + 1), np.zeros(n), resamples=2000)
-    assert positive.p_value == 1 / 2001  # exact p = 2 / 2^17: no random pattern reaches it, count = 0
-    d = np.random.default_rng(8).normal(0.3, 1.0, size=n)
-    signs = 1 - 2 * ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1)
-    exact = np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-12)
-    mc = paired_difference(d, np.zeros(n), resamples=20_000, seed=9)
-    assert not mc.p_exact and 0.05 < exact < 0.95
-    assert abs(mc.p_value - exact) <= 5 * math.sqrt(exact * (1 - exact) / 20_000)
-    assert round(mc.p_value * 20_001) == pytest.approx(mc.p_value * 20_001)  # (1 + count) / (1 + resamples)
-    assert paired_difference(d[:16], np.zeros(16)).p_exact
-
-
-def diff(low, high):
-    return Difference((low + high) / 2, low, high, 1, 10, p_value=0.5, p_exact=True)
-
-
-@pytest.mark.parametrize("low, high, higher_is_better, expected", [
-    (0.1, 0.3, True, "cmdp better"),          # a - b > 0, higher is better: a wins
-    (0.1, 0.3, False, "lagrangian better"),   # a - b > 0, lower is better (e.g. divergence): b wins
-    (-0.3, -0.1, True, "lagrangian better"),
-    (-0.3, -0.1, False, "cmdp better"),
-    (-0.1, 0.3, True, "no detectable difference"),
-    (-0.1, 0.3, False, "no detectable difference"),
-    (0.0, 0.3, True, "no detectable difference"),  # touching 0 does not exclude it
-    (0.0, 0.0, True, "no detectable difference"),
+@pytest.mark.parametrize(("shape_a", "seeds_a", "seeds_b", "model", "used"), [
+    ((3, 3), [0, 1, 2], [1, 2, 3], PAIRED, ((1, 2), (1, 2))),  # two common seeds: paired on them
+    ((3, 3), [0, 1, 2], [3, 4, 5], UNPAIRED, ((0, 1, 2), (3, 4, 5))),
+    ((3, 3), [0, 1, 2], [2, 3, 4], UNPAIRED, ((0, 1, 2), (2, 3, 4))),  # one common seed is not a pairing
+    ((1, 3), [0], [0, 1, 2], RUNS, ((0,), (0,))),  # one seed a side: the runs of the common seed
+    ((1, 3), [7], [0, 1, 2], RUNS, ((7,), (0, 1, 2))),
+    ((2, 2), [None, None], [None, None], UNPAIRED, ((None, None), (None, None))),  # unknown seeds are never paired
 ])
-def test_verdict_reads_the_interval_and_the_direction(low, high, higher_is_better, expected):
-    assert verdict(diff(low, high), higher_is_better, "cmdp", "lagrangian") == expected
+def test_the_seeds_choose_the_model(shape_a, seeds_a, seeds_b, model, used):
+    rng = np.random.default_rng(7)
+    a, b = rng.random((shape_a[0], 10)), rng.random((shape_a[1], 10))
+    d = method_difference(a, b, seeds_a, seeds_b)
+    assert (d.model, (d.seeds_a, d.seeds_b)) == (model, used)
+
+
+@pytest.mark.parametrize("model", [PAIRED, UNPAIRED, RUNS])
+def test_interval_and_p_value_come_from_one_model(model):
+    # the interval at level 1 - p touches 0, and the 95% interval excludes 0 exactly when p < 0.05
+    rng = np.random.default_rng(8)
+    for shift in (0.0, 0.05, 0.1, 0.3):
+        a = rng.random((1 if model == RUNS else 3, 50)) + shift
+        b = rng.random((3, 50))
+        d = method_difference(a, b, [0] if model == RUNS else [0, 1, 2], [3, 4, 5] if model == UNPAIRED else [0, 1, 2])
+        assert d.model == model
+        low, high = d.bounds(1 - d.p_value)
+        assert min(abs(low), abs(high)) == pytest.approx(0.0, abs=1e-9)
+        assert (d.p_value < 0.05) == (d.low > 0 or d.high < 0)
+
+
+def test_holm_adjusts_by_the_comparisons_still_in_play():
+    adjusted, none = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02]) and none is None
+
+
+def result(mean, model=PAIRED):
+    return Difference(mean, 0.01, 10.0, 100, model)
+
+
+@pytest.mark.parametrize(("mean", "p_adj", "p_eq", "higher_is_better", "expected"), [
+    (0.2, 0.01, None, True, "cmdp better"),          # a - b > 0, higher is better: a wins
+    (0.2, 0.01, None, False, "lagrangian better"),   # a - b > 0, lower is better (e.g. divergence): b wins
+    (-0.2, 0.01, None, True, "lagrangian better"),
+    (-0.2, 0.01, None, False, "cmdp better"),
+    (0.2, 0.06, None, True, "no detectable difference"),  # adjusted p above alpha
+    (0.2, 0.05, None, True, "cmdp better"),  # at alpha exactly: declared
+    (0.01, 0.3, 0.01, True, "equivalent within ±0.02"),
+    (0.01, 0.3, 0.2, True, "no detectable difference"),  # neither: not "equal"
+    (0.015, 0.01, 0.01, True, "cmdp better (by less than the margin ±0.02)"),
+])
+def test_verdict_reads_the_adjusted_p_values_and_the_direction(mean, p_adj, p_eq, higher_is_better, expected):
+    assert verdict(result(mean), higher_is_better, "cmdp", "lagrangian", p_adjusted=p_adj, alpha=0.05,
+                   p_equivalence_adjusted=p_eq, margin=0.02) == expected
+
+
+def test_one_seed_gets_no_method_verdict_whatever_its_p():
+    text = verdict(result(0.5, RUNS), True, "cmdp", "grpo", p_adjusted=1e-9, alpha=0.05)
+    assert "better" not in text and "these two runs" in text
 
 
 def test_smooth_is_a_trailing_mean_that_keeps_the_length():
@@ -208,12 +267,19 @@ def test_band_is_the_seed_mean_and_min_max_envelope():
     (lambda: group_interval([1.0, 2.0], level=0.0), "level"),
     (lambda: group_interval([1.0, 2.0], level=1.0), "level"),
     (lambda: group_interval([1.0, 2.0], level=1.5), "level"),
-    (lambda: paired_difference([1.0, 2.0], [0.0, 0.0], resamples=0), "resamples"),
     (lambda: paired_difference([1.0, np.nan], [1.0, 2.0]), "NaN"),
     (lambda: paired_difference([], []), "empty"),
     (lambda: paired_difference(np.zeros((2, 3)), np.zeros((1, 3))), "same"),
     (lambda: paired_difference(np.zeros(3), np.zeros(4)), "same"),
     (lambda: paired_difference([1.0, 2.0], [0.0, 0.0], level=-0.1), "level"),
+    (lambda: unpaired_difference(np.zeros((1, 3)), np.zeros((2, 3))), "two seeds"),
+    (lambda: unpaired_difference(np.zeros((2, 3)), np.zeros((2, 4))), "same problems"),
+    (lambda: method_difference(np.zeros((2, 3)), np.zeros((2, 3)), [0], [0, 1]), "one seed per row"),
+    (lambda: holm([0.1, 1.5]), "p-values"),
+    (lambda: holm([0.1, 0.2], [0.1]), "equivalence"),
+    (lambda: wilson_interval(1.5, 10), "p in"),
+    (lambda: wilson_interval(0.5, 0), "n >= 1"),
+    (lambda: result(0.0).equivalence_p(0.0), "margin"),
     (lambda: smooth([], 3), "empty"),
     (lambda: smooth([1.0, np.nan], 3), "NaN"),
     (lambda: smooth([1.0, 2.0], 0), "window"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdistill.eval.replicates import Group, metric_rows
+from cdistill.eval.replicates import Group, label, metric_rows, teacher_names
 from cdistill.eval.stats import Interval, band, smooth
 
 MARKERS = "osD^vP*X"
@@ -33,21 +33,40 @@ def pareto_axis(summaries: list[dict]) -> tuple[str, str]:
     return "sampled_kl_per_token", "sampled KL per token to the teacher (runs differ in their constraint)"
 
 
+def pareto_series(groups: list[Group]) -> dict[str, list[int]]:
+    """``{series label: group indices}``: one series per method and teacher. Runs against different teachers (a
+    default run and a ``+exp=flawed_teacher`` one) measure C(y) against different distributions, so they are never
+    joined into one curve; the teacher is named only when the groups have more than one."""
+    teachers = teacher_names(groups)
+    series = defaultdict(list)
+    for i, g in enumerate(groups):
+        series[g.method + (f" (teacher {teachers[id(g)]})" if teachers[id(g)] else "")].append(i)
+    return dict(sorted(series.items()))
+
+
+def point_label(g: Group, groups: list[Group]) -> str:
+    """A point's annotation: its budget d when its training reads one (a method that ignores d is not labelled with
+    the d its C(y) happens to be read at), and the settings that set its group apart but the teacher's, which the
+    series' name gives."""
+    rest = label(g, groups, leave_out=tuple(k for k, _ in g.teacher))
+    return " ".join(p for p in (f"d={g.threshold:g}" if g.trains_on_budget else "", rest) if p)
+
+
 def plot_pareto(groups: list[Group], intervals: dict, out: Path) -> None:
-    """Accuracy against mean divergence: one marked curve per method, a point per group with its 95% interval
-    on both axes, labelled by what sets the group apart (its budget, its penalty).
+    """Accuracy against mean divergence: one marked curve per method and teacher (``pareto_series``), a point per
+    group with its 95% interval on both axes, labelled by what sets the group apart (its budget, its penalty).
 
     ``intervals[(group index, metric)]`` holds each group's Interval (None without per-problem records: the
-    point is drawn without bars). Methods whose training ignores the budget give the same point at every d:
-    coinciding points get one label, and each method its own marker so that a hidden point stays visible.
+    point is drawn without bars). Coinciding points get one label, and each series its own marker so that a hidden
+    point stays visible.
     """
     plt = _pyplot()
     x_key, x_label = pareto_axis([g.first for g in groups])
-    by_method = defaultdict(list)
-    for i, g in enumerate(groups):
-        by_method[g.method].append(i)
+    by_method = pareto_series(groups)
+    if len({g.teacher for g in groups}) > 1 and x_key == "divergence_mean":
+        x_label = "mean C(y) from each series' own teacher (held-out samples)"
     fig, ax = plt.subplots(figsize=(7.2, 5.0))
-    for m, (method, idx) in enumerate(sorted(by_method.items())):
+    for m, (method, idx) in enumerate(by_method.items()):
         pts = []
         for i in idx:
             x, y = intervals.get((i, x_key)), intervals.get((i, "accuracy_sampled"))
@@ -66,7 +85,8 @@ def plot_pareto(groups: list[Group], intervals: dict, out: Path) -> None:
                     elinewidth=0.8, fillstyle="none" if m % 2 else "full", label=method, alpha=0.85)
         labels = defaultdict(list)
         for xm, ym, _, _, g in pts:
-            labels[(round(xm, 6), round(ym, 6))].append(g.label or f"d={g.threshold:g}")
+            if point_label(g, groups):
+                labels[(round(xm, 6), round(ym, 6))].append(point_label(g, groups))
         for (x, y), names in labels.items():
             ax.annotate("; ".join(names), (x, y), fontsize=6.5, textcoords="offset points", xytext=(5, 4 - 9 * (m % 2)))
     starts = [g.mean("start_accuracy_sampled") for g in groups if g.mean("start_accuracy_sampled") is not None]

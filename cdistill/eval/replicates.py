@@ -27,6 +27,12 @@ RESOURCE_KEYS = ("seed", "logging", "paths", "resume", "overwrite", "checkpoint"
                  "task.family_field")
 # keys a row shows in their own columns, not in its settings label
 SHOWN = ("method.name", "constraint.threshold", "constraint.cost", "constraint.kind")
+# methods whose training never reads the budget d (summaries before ``trains_on_budget`` existed are read by name)
+IGNORES_BUDGET = ("soft_penalty", "grpo", "opd", "gkd", "sft", "seqkd")
+# keys of model.teacher that say where or how the teacher is served, not which distribution C(y) is measured against
+TEACHER_RESOURCES = ("model.teacher.shard", "model.teacher.server.base_url", "model.teacher.server.timeout",
+                     "model.teacher.server.retries", "model.teacher.server.max_concurrency",
+                     "model.teacher.server.api_key_env")
 
 
 def flatten(tree, prefix: str = "") -> dict:
@@ -102,13 +108,42 @@ class Group:
         return self.first.get("cost"), self.first.get("kind")
 
     @property
+    def trains_on_budget(self) -> bool:
+        """Whether its training reads the budget d (cmdp, lagrangian, ...); soft_penalty, grpo, opd, gkd, sft and seqkd
+        do not: their C(y) is only read at a d, for the satisfaction columns."""
+        known = self.first.get("trains_on_budget")
+        return bool(known) if isinstance(known, bool) else self.method not in IGNORES_BUDGET
+
+    @property
+    def teacher(self) -> tuple:
+        """What C(y) is measured against: ``model.teacher.*`` (its name or path, precision, quantisation, a served
+        model's name and top k; not where or how it is served) and, for the embedded teacher, the recipe it is built
+        from (``model.embedded.*`` but the student's: e.g. ``model.embedded.teacher.flaw``), as sorted
+        ``(key, value)`` pairs from the resolved config; () for a run that recorded no config."""
+        config = self.runs[0].config
+        embedded = json.loads(config.get("model.teacher.name_or_path", "null")) == "embedded:teacher"
+        return tuple(sorted((k, v) for k, v in config.items()
+                            if (k.startswith("model.teacher.") and k not in TEACHER_RESOURCES)
+                            or (embedded and k.startswith("model.embedded.")
+                                and not k.startswith("model.embedded.student."))))
+
+    def comparable(self, other: Group) -> bool:
+        """Whether two groups measure the same thing: the same constraint (cost and kind), against the same teacher
+        (a default run and a ``+exp=flawed_teacher`` one read C(y) against different teachers)."""
+        return self.constraint == other.constraint and self.teacher == other.teacher
+
+    @property
     def constraint_text(self) -> str:
         cost, kind = self.constraint
+        if not self.trains_on_budget:  # never trained on d: its C(y) is read at one for the satisfaction columns
+            return f"{kind} of {cost}, read at d = {self.threshold:g}" if cost else f"read at d = {self.threshold:g}"
         return f"{kind} of {cost} <= {self.threshold:g}" if cost else f"d = {self.threshold:g}"
 
     @property
     def name(self) -> str:
-        return f"{self.method} d={self.threshold:g}" + (f" {self.label}" if self.label else "")
+        """The row's name: the method, its budget d when its training reads one, and the settings that set it apart."""
+        head = f"{self.method} d={self.threshold:g}" if self.trains_on_budget else self.method
+        return head + (f" {self.label}" if self.label else "")
 
     @property
     def seeds(self) -> list:
@@ -207,18 +242,39 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return sorted(groups, key=lambda g: (g.method, g.threshold, g.label))
 
 
-def label(g: Group, groups: list[Group]) -> str:
+def label(g: Group, groups: list[Group], leave_out: tuple = ()) -> str:
     """The settings that set ``g`` apart: keys whose value differs between groups, a method's own keys only
-    among groups of that method, the method and constraint left to their own columns."""
+    among groups of that method, the method and constraint left to their own columns (and the keys in
+    ``leave_out``: a figure that names the teacher elsewhere)."""
     mine = g.runs[0].config
     parts = []
     for key in sorted(mine):
-        if key in SHOWN:
+        if key in SHOWN or key in leave_out:
             continue
         peers = [h for h in groups if h.method == g.method] if key.startswith("method.") else groups
         if len({h.runs[0].config.get(key) for h in peers}) > 1:
             parts.append(f"{key}={json.loads(mine[key])}")
+    if not g.trains_on_budget and len({h.threshold for h in groups if h.method == g.method}) > 1:
+        # groups of a method that ignores d, read at different d: the same training, told apart by the reading
+        parts.append(f"read at d={g.threshold:g}")
     return " ".join(parts)
+
+
+def teacher_names(groups: list[Group]) -> dict[int, str]:
+    """``{id(group): text}`` naming each group's teacher by what sets it apart (``embedded:teacher flaw=sells``), or
+    "" for every group when they all read C(y) against the same teacher."""
+    teachers = {g.teacher for g in groups}
+    if len(teachers) <= 1:
+        return {id(g): "" for g in groups}
+    keys = sorted({k for t in teachers for k, _ in t})
+    differing = [k for k in keys if k != "model.teacher.name_or_path" and len({dict(t).get(k) for t in teachers}) > 1]
+    out = {}
+    for g in groups:
+        mine = dict(g.teacher)
+        name = json.loads(mine.get("model.teacher.name_or_path", "null")) or "(not recorded)"
+        extras = [f"{k.rsplit('.', 1)[-1]}={json.loads(mine[k])}" for k in differing if k in mine]
+        out[id(g)] = " ".join([str(name), *extras])
+    return out
 
 
 def finished_runs(root: Path) -> list[Run]:

@@ -1,5 +1,6 @@
-"""``cdistill report <dir>``: every finished run below a directory, as replicate groups with 95% intervals,
-paired verdicts between methods, a Pareto plot with error bars and training curves with seed bands.
+"""``cdistill report <dir> [--verdicts FILE]``: every finished run below a directory, as replicate groups with 95%
+intervals, the verdicts of the comparisons declared before the runs (``verdicts.yaml``), exploratory differences
+between every other pair, a Pareto plot with error bars and training curves with seed bands.
 
 Reads only what runs wrote (``summary.json``, ``config.yaml``, ``eval_samples.jsonl``, ``metrics.jsonl``, the
 Hydra ``.hydra/overrides.yaml``; ``evals.jsonl`` for the start student per family), so it works on any finished
@@ -8,7 +9,10 @@ sweep, and writes ``report.md``, ``report.html``, ``pareto.png`` and ``curves.pn
 
 The intervals are 95% intervals over seeds and problems (``cdistill.eval.stats.group_interval``: the variance
 of the mean from the seed means and from the problem means, Student's t at Welch–Satterthwaite's degrees of
-freedom); one run's interval comes from its evaluation problems alone.
+freedom); a rate of one run, or one whose estimated variance is 0, gets Wilson's score interval over its problems
+(``rate_interval``). Verdicts ("A better", "B better", "equivalent within ±m", "no detectable difference") are given
+only for the comparisons a ``verdicts.yaml`` declares, on its one primary metric, with Holm's correction across them
+(``cdistill.eval.stats.declared_verdicts``); everything else is exploratory and says so.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +30,17 @@ import yaml
 
 from cdistill.eval.plots import plot_curves, plot_families, plot_pareto
 from cdistill.eval.replicates import Group, finished_runs, group_runs
-from cdistill.eval.stats import Difference, Interval, group_interval, paired_difference, verdict
+from cdistill.eval.stats import (
+    PAIRED,
+    UNPAIRED,
+    Difference,
+    Interval,
+    Verdict,
+    declared_verdicts,
+    group_interval,
+    method_difference,
+    rate_interval,
+)
 
 # (column, metric, format): metrics read per problem get an interval; the others are means over the seeds
 WITH_INTERVALS = [
@@ -38,10 +53,16 @@ WITH_INTERVALS = [
 PLAIN = [("start acc (mean)", "start_accuracy_sampled", "{:.3f}"),
          ("teacher acc (mean)", "teacher_accuracy_sampled", "{:.3f}"), ("steps", "steps", "{:.0f}"),
          ("train s", "train_seconds", "{:.0f}")]
-# what the verdicts compare: (metric, higher is better, name)
-COMPARED = [("accuracy_sampled", True, "acc (sampled)"), ("satisfaction_rate", True, "satisfied at end"),
-            ("never_exceeded_rate", True, "never exceeded"), ("divergence_mean", False, "mean C(y)")]
-RESAMPLES = 2000  # random sign patterns of the paired test (beyond 16 problems)
+# what the exploratory differences show: (metric, name)
+COMPARED = [("accuracy_sampled", "acc (sampled)"), ("satisfaction_rate", "satisfied at end"),
+            ("never_exceeded_rate", "never exceeded"), ("divergence_mean", "mean C(y)")]
+# per-problem values in [0, 1]: their intervals must not collapse at 0 or 1 (stats.rate_interval)
+RATES = ("accuracy_sampled", "accuracy_greedy", "satisfaction_rate", "never_exceeded_rate", "success_rate",
+         "success_never_exceeded_rate", "unparsed_rate")
+LOWER_IS_BETTER = ("divergence_mean", "unparsed_rate")
+METRIC_NAMES = {metric: column for column, metric, _ in WITH_INTERVALS}
+VERDICTS_FILE = "verdicts.yaml"
+DECLARATION_KEYS = ("comparisons", "primary", "alpha", "equivalence_margin")
 
 
 def latest_judgement(run_dir: Path) -> str | None:
@@ -67,8 +88,13 @@ def intervals_of(groups: list[Group]) -> dict:
     for i, g in enumerate(groups):
         for _, metric, _ in WITH_INTERVALS:
             m = g.matrix(metric)
-            out[(i, metric)] = _safely(group_interval, m, what=f"{g.name}: {metric}") if m is not None else None
+            out[(i, metric)] = _safely(interval_for(metric), m, what=f"{g.name}: {metric}") if m is not None else None
     return out
+
+
+def interval_for(metric: str):
+    """The interval of a group's metric: Wilson-backed for a rate (``rate_interval``), else ``group_interval``."""
+    return rate_interval if metric in RATES else group_interval
 
 
 def _safely(fn, *args, what: str):
@@ -108,69 +134,99 @@ class Comparison:
     a: Group
     b: Group
     threshold: float  # the budget both are read at
-    seeds: list  # the seeds both have (paired by seed too); empty: seeds averaged first
-    diffs: dict  # metric -> Difference
+    diffs: dict  # metric -> Difference (A − B; its model says how the seeds were used)
+
+    @property
+    def model(self) -> str:
+        return model_text(next(iter(self.diffs.values())))
 
 
 def pairs(groups: list[Group]) -> list[tuple[Group, Group, float]]:
-    """Which groups to compare, and at which budget, among groups that measure the same cost the same way: any
-    two at the same d; and a cmdp group against every group whose training never reads d (soft_penalty, grpo,
-    ...: ``trains_on_budget`` false in its summary) at cmdp's d, the other's constraint read again there. Two
-    groups trained on different budgets are not compared: their difference is the budget, not the method."""
+    """Which groups to compare, and at which budget, among groups that measure the same thing (the same cost read
+    the same way, against the same teacher: ``Group.comparable``): any two at the same d; and a cmdp group against
+    every group whose training never reads d (soft_penalty, grpo, ...) at cmdp's d, the other's constraint read again
+    there. Two groups trained on different budgets are not compared: their difference is the budget, not the
+    method."""
     out = []
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
-            if a.constraint != b.constraint:
+            if not a.comparable(b):
                 continue
             first, second = (b, a) if b.method == "cmdp" and a.method != "cmdp" else (a, b)
             if a.threshold == b.threshold:
                 out.append((first, second, first.threshold))
-            elif first.method == "cmdp" and not second.first.get("trains_on_budget", True):
+            elif first.method == "cmdp" and not second.trains_on_budget:
                 out.append((first, second, first.threshold))
     return out
 
 
-def compare(a: Group, b: Group, threshold: float) -> Comparison | None:
-    """Problem-by-problem differences a − b, paired by seed where both have it; None when the two did not
-    evaluate the same problems (or kept no per-problem records)."""
+def compare(a: Group, b: Group, threshold: float, metrics: list[str] | None = None) -> Comparison | None:
+    """Differences A − B on ``metrics`` (default: the exploratory ones), problem by problem, each read at
+    ``threshold``, with the model the two groups' seeds allow (``stats.method_difference``: paired by seed,
+    unpaired, or "these two runs"); None when the two did not evaluate the same problems (or kept no per-problem
+    records)."""
     if a.questions() is None or a.questions() != b.questions():
         return None
-    seeds = [s for s in a.seeds if s is not None and s in b.seeds]
     diffs = {}
-    for metric, _, _ in COMPARED:
-        ma = a.matrix(metric, None if threshold == a.threshold else threshold, seeds or None)
-        mb = b.matrix(metric, None if threshold == b.threshold else threshold, seeds or None)
+    for metric in metrics or [m for m, _ in COMPARED]:
+        ma = a.matrix(metric, None if threshold == a.threshold else threshold)
+        mb = b.matrix(metric, None if threshold == b.threshold else threshold)
         if ma is None or mb is None:  # records written before the metric existed
             continue
-        if not seeds:  # unpaired seeds: compare the seed-averaged problems
-            ma, mb = ma.mean(0, keepdims=True), mb.mean(0, keepdims=True)
-        diff = _safely(paired_difference, ma, mb, what=f"{a.name} vs {b.name}: {metric}")
+        diff = _safely(method_difference, ma, mb, a.seeds, b.seeds, 0.95, metric in RATES,
+                       what=f"{a.name} vs {b.name}: {metric}")
         if diff is not None:
             diffs[metric] = diff
-    return Comparison(a, b, threshold, seeds, diffs) if "accuracy_sampled" in diffs else None
+    return Comparison(a, b, threshold, diffs) if diffs else None
 
 
-def diff_cell(d: Difference, metric: str, higher: bool) -> str:
-    spec = "{:+.2f}" if metric == "divergence_mean" else "{:+.3f}"
-    floor = 1 / (RESAMPLES + 1)  # the smallest Monte Carlo p-value: say "below", not a number
-    p = f"p<{floor + 1e-9:.1g}" if not d.p_exact and d.p_value <= floor else f"p={d.p_value:.2g}"
-    return (f"{spec.format(d.mean)} [{spec.format(d.low)}, {spec.format(d.high)}] {p}: "
-            f"**{verdict(d, higher, 'A', 'B')}**")
+def _seeds(seeds) -> str:
+    return ",".join("?" if s is None else str(s) for s in seeds)
 
 
-def verdict_table(comparisons: list[Comparison]) -> str:
-    cols = ["A", "B", "at d", "seeds paired", *(f"Δ {name} (A − B)" for _, _, name in COMPARED)]
+def model_text(d: Difference) -> str:
+    """What a difference's interval is over, in words: a method comparison (paired or unpaired seeds), or only these
+    runs (a side with one seed)."""
+    if d.model == PAIRED:
+        return f"paired by seed ({_seeds(d.seeds_a)})"
+    if d.model == UNPAIRED:
+        return f"unpaired seeds (A {_seeds(d.seeds_a)}; B {_seeds(d.seeds_b)})"
+    if len(d.seeds_a) == 1 and len(d.seeds_b) == 1:
+        same = d.seeds_a == d.seeds_b
+        return f"these two runs (seed {_seeds(d.seeds_a)})" if same else \
+            f"these two runs (seeds {_seeds(d.seeds_a)} and {_seeds(d.seeds_b)})"
+    def side(seeds) -> str:
+        return f"seed {_seeds(seeds)}" if len(seeds) == 1 else f"mean of seeds {_seeds(seeds)}"
+
+    return f"these runs (A {side(d.seeds_a)}; B {side(d.seeds_b)}; no seed variance)"
+
+
+def _spec(metric: str) -> str:
+    """The format of a signed difference of ``metric``."""
+    return "{:+.2f}" if metric == "divergence_mean" else "{:+.3f}"
+
+
+def diff_cell(d: Difference, metric: str) -> str:
+    """``Δ [low, high]`` at 95%: a difference and its interval, no verdict."""
+    spec = _spec(metric)
+    return f"{spec.format(d.mean)} [{spec.format(d.low)}, {spec.format(d.high)}]"
+
+
+def exploratory_table(comparisons: list[Comparison]) -> str:
+    cols = ["A", "B", "at d", "interval over", *(f"Δ {name} (A − B)" for _, name in COMPARED)]
     rows = []
     for c in comparisons:
-        rows.append([c.a.name, c.b.name, f"{c.threshold:g}", ",".join(map(str, c.seeds)) or "no (seed means)",
-                     *(diff_cell(c.diffs[m], m, hi) if m in c.diffs else "-" for m, hi, _ in COMPARED)])
+        rows.append([c.a.name, c.b.name, f"{c.threshold:g}", c.model,
+                     *(diff_cell(c.diffs[m], m) if m in c.diffs else "-" for m, _ in COMPARED)])
     return markdown(cols, rows)
 
 
 def matched(groups: list[Group], intervals: dict) -> list[tuple[Group, Group, str]]:
     """The hard budget against the best fixed penalty at matched divergence: for each cmdp group, the
     soft_penalty group with the highest sampled accuracy among those whose mean C(y) is not above cmdp's
-    interval for it; without one, the least divergent soft_penalty group (said so)."""
+    interval for it; without one, the least divergent soft_penalty group (said so). The choice reads the same test
+    problems the difference is then measured on, so these rows are exploratory (a null simulation of this
+    selection gave 6.6% "soft_penalty better" at a nominal 2.5%)."""
     out = []
     index = {id(g): i for i, g in enumerate(groups)}
 
@@ -179,7 +235,7 @@ def matched(groups: list[Group], intervals: dict) -> list[tuple[Group, Group, st
         return iv.mean if iv else g.mean(metric)
 
     for a in (g for g in groups if g.method == "cmdp"):
-        fixed = [g for g in groups if g.method == "soft_penalty" and g.constraint == a.constraint]
+        fixed = [g for g in groups if g.method == "soft_penalty" and g.comparable(a)]
         a_div = intervals.get((index[id(a)], "divergence_mean"))
         if not fixed or a_div is None:
             continue
@@ -192,6 +248,199 @@ def matched(groups: list[Group], intervals: dict) -> list[tuple[Group, Group, st
             why = "no fixed penalty was as little divergent: the least divergent one"
         out.append((a, best, why))
     return out
+
+
+class DeclarationError(ValueError):
+    """A ``verdicts.yaml`` that cannot be read or does not fit the runs: one line, for ``cdistill: error:``."""
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """The comparisons declared before the runs were judged (``verdicts.yaml``): the only ones that get verdicts."""
+
+    comparisons: list[tuple[str, str]]  # (A, B): a method name, or a row's full name ("cmdp d=10")
+    primary: str  # one metric for every comparison (a key of WITH_INTERVALS)
+    alpha: float = 0.05  # family-wise level (Holm across the comparisons)
+    margin: float | None = None  # equivalence margin on the primary metric (TOST); None: no claim of equivalence
+    source: str = VERDICTS_FILE
+
+
+def parse_declaration(tree, source: str = VERDICTS_FILE) -> Declaration:
+    """A ``Declaration`` from the parsed YAML of a verdicts file::
+
+        comparisons: [[cmdp, lagrangian], [cmdp, soft_penalty]]  # required: pairs A, B, named by method (or row name)
+        primary: accuracy_sampled                                 # required: a metric of the report's table
+        alpha: 0.05                                               # optional (0.05), in (0, 0.5)
+        equivalence_margin: 0.02                                  # optional (none: no equivalence claims), > 0
+
+    Anything else (an unknown key, a missing one, a wrong type or range) raises ``DeclarationError`` in one line."""
+    def bad(what: str):
+        raise DeclarationError(f"{source}: {what}")
+
+    if not isinstance(tree, dict):
+        bad(f"expected a mapping with keys {', '.join(DECLARATION_KEYS)}, got {type(tree).__name__}")
+    unknown = sorted(str(k) for k in tree if k not in DECLARATION_KEYS)
+    if unknown:
+        bad(f"unknown key {', '.join(unknown)}; expected {', '.join(DECLARATION_KEYS)}")
+    for key in ("comparisons", "primary"):
+        if key not in tree:
+            bad(f"{key} is required")
+    comparisons = tree["comparisons"]
+    if not isinstance(comparisons, list) or not comparisons:
+        bad("comparisons must be a non-empty list of [A, B] pairs")
+    out, seen = [], set()
+    for c in comparisons:
+        if not (isinstance(c, list | tuple) and len(c) == 2 and all(isinstance(x, str) and x for x in c)):
+            bad(f"each comparison must be a pair [A, B] of method names, got {c!r}")
+        if c[0] == c[1]:
+            bad(f"comparison [{c[0]}, {c[1]}] compares a method with itself")
+        if frozenset(c) in seen:
+            bad(f"comparison [{c[0]}, {c[1]}] is declared twice")
+        seen.add(frozenset(c))
+        out.append((c[0], c[1]))
+    primary = tree["primary"]
+    if primary not in METRIC_NAMES:
+        bad(f"primary must be one of {', '.join(METRIC_NAMES)}; got {primary!r}")
+    alpha = tree.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 0.5:
+        bad(f"alpha must be a number in (0, 0.5), got {alpha!r}")
+    margin = tree.get("equivalence_margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
+                               or not 0 < margin < math.inf):
+        bad(f"equivalence_margin must be a positive number (or null), got {margin!r}")
+    return Declaration(out, primary, float(alpha), None if margin is None else float(margin), source)
+
+
+def read_declaration(path: Path) -> Declaration:
+    """The ``Declaration`` in a verdicts file (``parse_declaration``)."""
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise DeclarationError(f"{path}: cannot read ({e.strerror or e})") from e
+    except yaml.YAMLError as e:
+        raise DeclarationError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    return parse_declaration(tree, str(path))
+
+
+def resolve(decl: Declaration, groups: list[Group]) -> list[tuple[Group, Group, float]]:
+    """Each declared pair as two replicate groups and the budget both are read at. A name is a row's full name or
+    a method name that exactly one group has; a comparison is refused (``DeclarationError``, one line) when a name
+    matches no group or several, or when the two measure different things (``Group.comparable``) or were trained on
+    different budgets."""
+    def group_of(name: str) -> Group:
+        found = [g for g in groups if g.name == name] or [g for g in groups if g.method == name]
+        if not found:
+            raise DeclarationError(f"{decl.source}: no replicate group of method {name!r} here (groups: "
+                                   f"{', '.join(g.name for g in groups)})")
+        if len(found) > 1:
+            raise DeclarationError(f"{decl.source}: {name!r} is ambiguous, it matches {len(found)} groups ("
+                                   f"{', '.join(g.name for g in found)}); name one by its row name")
+        return found[0]
+
+    out = []
+    for a_name, b_name in decl.comparisons:
+        a, b = group_of(a_name), group_of(b_name)
+        if a is b:
+            raise DeclarationError(f"{decl.source}: {a_name!r} and {b_name!r} are the same group ({a.name})")
+        if a.constraint != b.constraint:
+            raise DeclarationError(f"{decl.source}: {a.name} and {b.name} measure different constraints "
+                                   f"({a.constraint_text}; {b.constraint_text})")
+        if a.teacher != b.teacher:
+            differ = sorted(k for k in dict(a.teacher).keys() | dict(b.teacher).keys()
+                            if dict(a.teacher).get(k) != dict(b.teacher).get(k))
+            raise DeclarationError(f"{decl.source}: {a.name} and {b.name} read C(y) against different teachers "
+                                   f"({', '.join(differ) or 'one run recorded no config'})")
+        if a.trains_on_budget and b.trains_on_budget and a.threshold != b.threshold:
+            raise DeclarationError(f"{decl.source}: {a.name} and {b.name} were trained on different budgets "
+                                   f"(d = {a.threshold:g} and {b.threshold:g})")
+        out.append((a, b, a.threshold if a.trains_on_budget or not b.trains_on_budget else b.threshold))
+    return out
+
+
+@dataclass
+class Declared:
+    """The declared comparisons, computed: each one's difference on the primary metric and its verdict."""
+
+    decl: Declaration
+    rows: list[tuple[Group, Group, float, Difference, Verdict]]
+
+
+def judge(decl: Declaration, groups: list[Group]) -> Declared:
+    """Resolve the declaration, measure each comparison's difference on its primary metric and decide the verdicts
+    together (``stats.declared_verdicts``); a comparison that cannot be measured is an error, not a silent gap."""
+    resolved = resolve(decl, groups)
+    diffs = []
+    for a, b, d in resolved:
+        c = compare(a, b, d, [decl.primary])
+        if c is None or decl.primary not in c.diffs:
+            raise DeclarationError(f"{decl.source}: cannot compare {a.name} with {b.name} on {decl.primary}: they "
+                                   "did not evaluate the same problems, or kept no per-problem records "
+                                   "(eval_samples.jsonl) with it")
+        diffs.append(c.diffs[decl.primary])
+    higher = decl.primary not in LOWER_IS_BETTER
+    verdicts = declared_verdicts(diffs, higher, [(a.name, b.name) for a, b, _ in resolved], decl.alpha, decl.margin)
+    return Declared(decl, [(a, b, d, diff, v) for (a, b, d), diff, v in zip(resolved, diffs, verdicts, strict=True)])
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "-"
+    return "<0.0001" if p < 1e-4 else f"{p:.2g}" if p < 0.01 else f"{p:.3f}"
+
+
+def declared_table(declared: Declared) -> str:
+    decl = declared.decl
+    spec = _spec(decl.primary)
+    level = f"{100 * (1 - decl.alpha):g}%"
+    cols = ["A", "B", "at d", "interval over", f"Δ {METRIC_NAMES[decl.primary]} (A − B)", f"{level} interval",
+            "t (df)", "raw p", "Holm p", *(["TOST p (raw; Holm)"] if decl.margin is not None else []), "verdict"]
+    rows = []
+    for a, b, d, diff, v in declared.rows:
+        low, high = diff.bounds(1 - decl.alpha)
+        t = "-" if diff.se == 0 else f"{diff.mean / diff.se:+.2f} ({diff.df:.1f})"
+        tested = v.tested
+        row = [a.name, b.name, f"{d:g}", model_text(diff), spec.format(diff.mean),
+               f"[{spec.format(low)}, {spec.format(high)}]", t if tested and diff.rates is None else "-",
+               _p(diff.p_value) if tested else "-", _p(v.p_holm)]
+        if decl.margin is not None:
+            row.append(f"{_p(v.p_equivalence)}; {_p(v.p_equivalence_holm)}" if tested else "-")
+        rows.append(row + [f"**{v.text}**"])
+    return markdown(cols, rows)
+
+
+def declared_section(declared: Declared) -> list[str]:
+    decl = declared.decl
+    tested = [r for r in declared.rows if r[4].tested]
+    one_seed = [r for r in declared.rows if not r[4].tested]
+    direction = "lower" if decl.primary in LOWER_IS_BETTER else "higher"
+    margin = (f"equivalence margin ±{decl.margin:g} on it (two one-sided tests, TOST)" if decl.margin is not None
+              else "no equivalence margin (so no claim of equivalence)")
+    lines = ["## Declared verdicts (Holm-corrected, family-wise alpha)", "",
+             f"Declared in `{decl.source}`: primary metric **{METRIC_NAMES[decl.primary]}** (`{decl.primary}`, "
+             f"{direction} is better) for every comparison; family-wise alpha = {decl.alpha:g}, Holm's step-down "
+             f"across the {len(tested)} comparison{'s' if len(tested) != 1 else ''} that can be tested; {margin}. "
+             "Δ = A − B over seeds and problems; its interval, t and raw p come from one model (t = Δ / standard "
+             "error, Student's t at Welch–Satterthwaite's degrees of freedom, the seed-to-seed variance of each "
+             f"method inside the standard error), so the {100 * (1 - decl.alpha):g}% interval excludes 0 exactly "
+             "when the raw p is below alpha. The verdict reads the Holm-adjusted p's: *A better* / *B better* when "
+             "that of \"no difference\" is at most alpha"
+             + ("; *equivalent within ±m* when that of the TOST is (the (1 − 2·alpha_adjusted) interval lies inside "
+                "±m)" if decl.margin is not None else "")
+             + "; otherwise *no detectable difference*, which does not say that the two are equal."
+             + (" A comparison's two claims (a difference; an equivalence) are stepped down together, and a step's "
+                "multiplier counts the comparisons with a claim not yet made, since at most one of a comparison's two "
+                "null hypotheses can be true (Shaffer's refinement of Holm; without a margin it is Holm's procedure)."
+                if decl.margin is not None else "")
+             + " (A rate whose differences are all equal is read with Newcombe's score interval, and its p inverts "
+             "it.)", "",
+             declared_table(declared), ""]
+    if one_seed:
+        names = "; ".join(f"{a.name} vs {b.name}" for a, b, *_ in one_seed)
+        lines += [f"No method verdict is possible with one seed ({names}): one trained model of a method shows "
+                  "nothing of how another seed would have trained, so the interval over problems on such a row says "
+                  "whether *these two runs* differ, not whether the methods do. Train at least two seeds of each "
+                  "(five for a useful interval).", ""]
+    return lines
 
 
 @dataclass
@@ -222,7 +471,9 @@ def family_row(g: Group, family: str) -> FamilyRow:
     per-problem records): the start's sampling noise across seeds is in the interval, across problems it is not,
     and problems' difficulty is not paired out."""
     def interval(metric: str, m):
-        return None if m is None or m.size == 0 else _safely(group_interval, m, what=f"{g.name} {family}: {metric}")
+        if m is None or m.size == 0:
+            return None
+        return _safely(interval_for(metric), m, what=f"{g.name} {family}: {metric}")
 
     acc = g.matrix("accuracy_sampled", family=family)
     starts = [start_of(r, family) for r in g.runs]  # in the order of the matrix's rows
@@ -265,35 +516,52 @@ def family_table(rows: list[FamilyRow]) -> str:
     return markdown(cols, out)
 
 
-def write_report(root: Path, groups: list[Group]) -> str:
+def write_report(root: Path, groups: list[Group], declaration: Declaration | None = None) -> str:
+    """Write ``report.md``, ``report.html`` and the figures into ``root``; return the tables for the terminal.
+    A ``declaration`` that does not fit the groups raises ``DeclarationError`` before anything is written."""
+    declared = judge(declaration, groups) if declaration is not None else None
     intervals = intervals_of(groups)
     text = table(groups, intervals)
     comparisons = [c for a, b, d in pairs(groups) if (c := compare(a, b, d)) is not None]
     parts = [f"# cdistill report: {root}", "", "Means with 95% intervals over seeds and evaluation problems "
              "(the variance of the mean from seed means and from problem means, Student's t at Welch–Satterthwaite's "
-             "degrees of freedom; one run: over its problems). Runs that differ only in "
+             "degrees of freedom, clipped to [0, 1] for a rate; one run's rate, or a rate equal on every problem and "
+             "seed: Wilson's score interval over its problems). Runs that differ only in "
              "`seed` are one row. *satisfied at end*: C(y) <= d; *never exceeded*: no prefix's C_t above d (the "
              "Sauté reading, under which cmdp forfeits the reward); *no answer*: completions from which no final "
-             "answer could be extracted.", "", text, ""]
-    if comparisons:
-        parts += ["## Paired verdicts", "",
-                  "Same problems, same sampling seeds: differences A − B problem by problem, paired by seed, with "
-                  "their 95% interval (over seeds and problems, as above) and a paired sign-flip p-value (over "
-                  "problems only, seeds averaged). "
-                  "The verdict reads the interval: *A better* / *B better* when it excludes 0, otherwise *no "
-                  "detectable difference*. Both are read at A's budget d.", "", verdict_table(comparisons), ""]
+             "answer could be extracted; *read at d*: a method whose training ignores d, its C(y) read at one.", "",
+             text, ""]
+    if declared is not None:
+        parts += declared_section(declared)
+    else:
+        parts += [f"No comparison was declared (a `{VERDICTS_FILE}` in this directory, or `cdistill report <dir> "
+                  "--verdicts FILE`), so this report gives no verdict: every difference below is exploratory.", ""]
     best = matched(groups, intervals)
     by_pair = {(id(c.a), id(c.b)): c for c in comparisons}
     lines = []
     for a, b, why in best:
         c = by_pair.get((id(a), id(b)))
-        if c is not None:
+        if c is not None and "accuracy_sampled" in c.diffs:
             acc = c.diffs["accuracy_sampled"]
-            lines.append(f"- **{a.name}** vs **{b.name}** ({why}): Δ acc {acc.mean:+.3f} [{acc.low:+.3f}, "
-                         f"{acc.high:+.3f}], Δ mean C(y) {c.diffs['divergence_mean'].mean:+.2f}: "
-                         f"**{verdict(acc, True, a.name, b.name)}** on accuracy")
-    if lines:
-        parts += ["## The hard budget against the best fixed penalty, at matched divergence", "", *lines, ""]
+            div = c.diffs.get("divergence_mean")
+            lines.append(f"- {a.name} vs {b.name} ({why}, chosen on these same test problems): Δ acc "
+                         f"{diff_cell(acc, 'accuracy_sampled')}"
+                         + (f", Δ mean C(y) {diff_cell(div, 'divergence_mean')}" if div is not None else "")
+                         + f"; {c.model}")
+    if comparisons or lines:
+        parts += ["## Exploratory (not corrected for multiplicity; no verdicts)", "",
+                  "Differences A − B with their 95% intervals, each on its own: nothing here is corrected for the "
+                  "number of pairs and metrics shown, so an interval that excludes 0 is a lead for a declared "
+                  "comparison, not a finding. Same problems, same sampling seeds: *paired by seed* takes the runs of "
+                  "the seeds both rows have, problem by problem; *unpaired seeds* (no seed in common) adds the two "
+                  "rows' seed variances; *these two runs* (a row of one seed) is over problems only and says whether "
+                  "these trained models differ, not whether the methods do. Rows are compared only when they measure "
+                  "the same thing (constraint and teacher), at A's budget d.", ""]
+        if comparisons:
+            parts += [exploratory_table(comparisons), ""]
+        if lines:
+            parts += ["### The hard budget against the best fixed penalty, at matched divergence (exploratory: the "
+                      "penalty is selected on the same test problems it is judged on)", "", *lines, ""]
     families = family_rows(groups)
     if families:
         parts += ["## Per family: where the divergence is spent", "",
@@ -316,8 +584,11 @@ def write_report(root: Path, groups: list[Group]) -> str:
     md = "\n".join(parts) + "\n"
     (root / "report.md").write_text(md)
     (root / "report.html").write_text(to_html(root, md))
-    return "\n\n".join(p for p in (text, verdict_table(comparisons) if comparisons else "", "\n".join(lines),
-                                   family_table(families) if families else "") if p)
+    exploratory = ("Exploratory differences (not corrected for multiplicity; no verdicts):\n\n"
+                   + exploratory_table(comparisons)) if comparisons else ""
+    shown = [text, "\n".join(declared_section(declared)) if declared else "", exploratory, "\n".join(lines),
+             family_table(families) if families else ""]
+    return "\n\n".join(p.strip() for p in shown if p)
 
 
 def to_html(root: Path, md: str) -> str:
@@ -361,14 +632,26 @@ def report_main(argv: list[str]) -> None:
 
     parser = Parser(prog="cdistill report", description=__doc__)
     parser.add_argument("dir", help="a sweep directory (or any directory holding run directories)")
+    parser.add_argument("--verdicts", metavar="FILE", default=None,
+                        help=f"the declared comparisons (default: {VERDICTS_FILE} in the directory, if there is one)")
     args = parser.parse_args(argv)
     root = Path(args.dir)
     if not root.is_dir():
         fail(f"no such directory: {root}")
+    source = Path(args.verdicts) if args.verdicts is not None else root / VERDICTS_FILE
+    if args.verdicts is not None and not source.is_file():
+        fail(f"no such verdicts file: {source}")
+    try:
+        declaration = read_declaration(source) if source.is_file() else None
+    except DeclarationError as e:
+        fail(str(e))
     runs = finished_runs(root)
     if not runs:
         fail(f"no finished run (summary.json) under {root}")
     groups = group_runs(runs)
-    print(write_report(root, groups))
+    try:
+        print(write_report(root, groups, declaration))
+    except DeclarationError as e:
+        fail(str(e))
     print(f"\n{len(runs)} runs in {len(groups)} groups; wrote {root / 'report.md'}, report.html, pareto.png and "
           "curves.png")
