@@ -35,7 +35,7 @@ PREFIX = "step-"
 CHECKSUMS = "checksums.json"  # sha256 of every other file of the checkpoint, written last before sealing
 log = logging.getLogger(__name__)
 # keys that do not change what a run computes: a resumed run may differ in them
-VOLATILE = ("resume", "overwrite", "debug", "logging", "checkpoint", "guards", "save_student")
+VOLATILE = ("resume", "overwrite", "debug", "logging", "checkpoint", "guards", "save_student", "selection")
 
 
 class CheckpointError(ValueError):

@@ -19,6 +19,8 @@ commands:
   eval     evaluate a trained student: cdistill eval run_dir=<run directory>
   judge    pairwise LLM judge of two runs: cdistill judge run_a=<run dir> run_b=<run dir>
   report   table and plots of every run under a sweep or runs directory: cdistill report <dir>
+  protocol tune every method on validation, select, train fresh seeds, read test once, report the declared
+           verdicts: cdistill protocol [dir=<study>] [trials=K ...] [-- train overrides, e.g. +exp=flawed_teacher]
 """
 
 class UserError(Exception):
@@ -95,14 +97,25 @@ def requeued(run_dir: Path, cfg) -> bool:
 def _train(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
+    from cdistill.config import validate
     from cdistill.eval.evaluate import format_report
+    from cdistill.selection import Rule, objective
     from cdistill.train import train
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")) and cfg.eval.get("split", "test") != "validation":
+        raise UserError("a tuning sweep (hydra/sweeper=optuna) must be scored on the validation split, never on "
+                        "test: set eval.split=validation (conf/tune/ does)")
     if requeued(run_dir, cfg) and not cfg.resume and not (run_dir / "summary.json").is_file():
         with open_dict(cfg):  # a run stopped by a signal, or a job put back in the queue, continues where it stopped
             cfg.resume = "auto"
     if (run_dir / "summary.json").is_file() and not cfg.overwrite:
+        done = finished_same_run(run_dir, cfg) if cfg.resume == "auto" else None
+        if done is not None:  # a study that stopped continues: its finished trials give their result again
+            validate(cfg)
+            print(f"[{done['method']}] {run_dir} already finished under this configuration: its result is reused")
+            return objective(done, Rule.of(cfg.selection))
         raise UserError(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
     if (run_dir / "metrics.jsonl").is_file() and not cfg.overwrite and not cfg.resume:
         raise UserError(f"{run_dir} holds an unfinished run; resume=auto continues it, overwrite=true starts it over")
@@ -111,7 +124,21 @@ def _train(cfg: DictConfig):
         return None
     print(f"\n[{summary['method']} d={summary['threshold']}] {run_dir}")
     print(format_report(summary))
-    return summary["accuracy_sampled"]
+    # what a sweeper maximises (hydra/sweeper=optuna): the declared selection rule's score (cdistill/selection.py)
+    return objective(summary, Rule.of(cfg.selection))
+
+
+def finished_same_run(run_dir: Path, cfg) -> dict | None:
+    """The summary of the finished run in ``run_dir`` when it was trained under ``cfg`` (the checkpoint
+    fingerprint: what the run computes, resources and logging aside), else None."""
+    from cdistill.checkpoint import fingerprint
+
+    try:
+        saved = OmegaConf.load(run_dir / "config.yaml")
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if fingerprint(saved) == fingerprint(cfg) else None
 
 
 @guarded
@@ -130,7 +157,8 @@ def _eval(cfg: DictConfig):
         raise UserError(f"{run_dir} is not a training run directory (no config.yaml)")
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     for key, target in (("threshold", "constraint.threshold"), ("n_problems", "eval.n_problems"),
-                        ("samples", "eval.samples"), ("device", "device"), ("family_field", "task.family_field"),
+                        ("samples", "eval.samples"), ("split", "eval.split"),
+                        ("device", "device"), ("family_field", "task.family_field"),
                         ("teacher_url", "model.teacher.server.base_url")):
         if cfg[key] is not None:
             OmegaConf.update(run_cfg, target, cfg[key])
@@ -171,6 +199,21 @@ def _judge(cfg: DictConfig):
     print(f"run_a vs run_b on {summary['n_problems']} problems (both orders): win {summary['win_rate']:.3f}  "
           f"loss {summary['loss_rate']:.3f}  tie {summary['tie_rate']:.3f}  failed {summary['failed_rate']:.3f}")
     print(f"wrote {out / 'judge.json'}")
+
+
+PROTOCOL_EXTRA: list[str] = []  # the train overrides after `--` of `cdistill protocol`
+
+
+@guarded
+def _protocol(cfg: DictConfig):
+    from cdistill.protocol import ProtocolError, run
+    from cdistill.schema import check
+
+    check(cfg, "protocol")
+    try:
+        run(cfg, PROTOCOL_EXTRA)
+    except ProtocolError as e:
+        raise UserError(str(e)) from None
 
 
 def _report(args: list[str]) -> None:
@@ -293,12 +336,17 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     cmd, rest = argv[0], argv[1:]
-    commands = {"train": (_train, "config"), "eval": (_eval, "eval"), "judge": (_judge, "judge_run")}
+    commands = {"train": (_train, "config"), "eval": (_eval, "eval"), "judge": (_judge, "judge_run"),
+                "protocol": (_protocol, "protocol")}
     if cmd == "report":
         _report(rest)
         return
     if cmd not in commands:
-        fail(f"unknown command {cmd!r}; expected one of train, eval, judge, report")
+        fail(f"unknown command {cmd!r}; expected one of train, eval, judge, report, protocol")
+    if cmd == "protocol" and "--" in rest:  # the study's own settings, then the overrides of every run it trains
+        cut = rest.index("--")
+        PROTOCOL_EXTRA[:] = rest[cut + 1:]
+        rest = rest[:cut]
     fn, config_name = commands[cmd]
     rest = quote_paths(cmd, rest)
     check_required(cmd, rest)

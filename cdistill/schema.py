@@ -18,8 +18,11 @@ from cdistill.models.served import APIS
 from cdistill.objectives import COSTS, KINDS
 from cdistill.objectives.advantages import BASELINES, SCALES
 from cdistill.objectives.importance import LEVELS
+from cdistill.objectives.rewards import PENALTY_ON
 from cdistill.rollout.engines import BACKENDS
+from cdistill.selection import METRICS
 from cdistill.tasks.arith import FLAWS
+from cdistill.tasks.base import SPLITS
 
 
 class ConfigError(ValueError):
@@ -80,6 +83,14 @@ class Real:
         if self.hi is None:
             return "positive" if self.lo == 0 and self.open_lo else f"{'>' if self.open_lo else '>='} {self.lo:g}"
         return f"in {'(' if self.open_lo else '['}{self.lo:g}, {self.hi:g}{')' if self.open_hi else ']'}"
+
+
+@dataclass(frozen=True)
+class Weight:
+    """A weight >= 0 that was once a switch: true / false (configs written before it was a number) read as 1 / 0."""
+
+    def problem(self, key, v):
+        return None if isinstance(v, bool) else NONNEGATIVE.problem(key, v)
 
 
 @dataclass(frozen=True)
@@ -169,7 +180,8 @@ def _model(role: str) -> dict:
 
 TRAIN: dict[str, object] = {
     "method.name": OneOf(tuple(sorted(METHODS))),
-    "method.penalty": NONNEGATIVE, "method.informative": Flag(), "method.exact_weight": NONNEGATIVE,
+    "method.penalty": NONNEGATIVE, "method.informative": Weight(), "method.penalty_on": OneOf(PENALTY_ON),
+    "method.exact_weight": NONNEGATIVE,
     "method.beta": FRACTION, "method.on_policy_fraction": FRACTION,
     "method.off_policy": OneOf(("teacher", "reference")),
     "method.controller": OneOf(("dual_ascent", "pid")), "method.init": NONNEGATIVE, "method.lr": NONNEGATIVE,
@@ -193,7 +205,10 @@ TRAIN: dict[str, object] = {
     "scoring.chunk": COUNT, "scoring.micro_batch": COUNT, "scoring.share_prompt": Flag(),
     "scoring.reuse_student_pass": Flag(),
     "eval.at_start": Flag(), "eval.every": Whole(0), "eval.n_problems": COUNT, "eval.samples": COUNT,
-    "eval.batch_size": COUNT,
+    "eval.batch_size": COUNT, "eval.split": OneOf(SPLITS),
+    "selection.metric": OneOf(METRICS), "selection.constraint_metric": OneOf(("satisfaction_rate",
+                                                                              "never_exceeded_rate")),
+    "selection.target": FRACTION,
     "logging.progress": Flag(), "logging.wandb.enabled": Flag(),
     "logging.wandb.mode": OneOf(("offline", "online", "disabled")), "logging.wandb.project": Text(),
     "logging.wandb.entity": Maybe(Text()),
@@ -226,12 +241,14 @@ TRAIN: dict[str, object] = {
     "task.family_field": Maybe(Text()),
     "task.seed": SEED, "task.n_train": Whole(0), "task.n_test": Whole(0),
     "task.held_out_fraction": Real(0, 1, open_lo=True, open_hi=True),
+    "task.validation_fraction": Real(0, 1, open_hi=True), "task.n_validation": Whole(0),
     "task.difficulty.min_steps": COUNT, "task.difficulty.max_steps": COUNT, "task.difficulty.max_operand": Whole(2),
 }
 
 EVAL: dict[str, object] = {
     "run_dir": Text(), "checkpoint": Maybe(Text()), "threshold": Maybe(POSITIVE), "n_problems": Maybe(COUNT),
     "samples": Maybe(COUNT), "device": Maybe(Device()), "family_field": Maybe(Text()), "seed": SEED,
+    "split": Maybe(OneOf(SPLITS)),
     "teacher_url": Maybe(Text(("://",))),
 }
 
@@ -244,7 +261,15 @@ JUDGE: dict[str, object] = {
     "judge.template": Text(("{question}", "{solution_1}", "{solution_2}")),
 }
 
-TABLES = {"train": TRAIN, "eval": EVAL, "judge": JUDGE}
+PROTOCOL: dict[str, object] = {
+    "dir": Text(), "methods": Seq(OneOf(tuple(sorted(METHODS)))), "trials": COUNT, "steps": COUNT,
+    "tuning_seed": SEED, "sampler_seed": SEED, "final_seeds": Seq(SEED), "train": Seq(Text()),
+    "checkpoint_every": Whole(0), "verdicts.comparisons": Seq(Seq(OneOf(tuple(sorted(METHODS))), 2)),
+    "verdicts.primary": OneOf(METRICS), "verdicts.alpha": Real(0, 1, open_lo=True, open_hi=True),
+    "verdicts.equivalence_margin": POSITIVE,
+}
+
+TABLES = {"train": TRAIN, "eval": EVAL, "judge": JUDGE, "protocol": PROTOCOL}
 
 
 def leaves(node, prefix: str = "", copies: bool = False):

@@ -108,7 +108,8 @@ def test_saute_cannot_sample_with_vllm(tmp_path):
 
 
 def dataset_run(tmp_path, train_file, test_file):
-    return train(tmp_path, "task=gsm8k", f"task.train_source={train_file}", f"task.test_source={test_file}")
+    return train(tmp_path, "task=gsm8k", f"task.train_source={train_file}", f"task.test_source={test_file}",
+                 "task.n_validation=0")
 
 
 GOOD = {"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}

@@ -50,7 +50,8 @@ def settings() -> dict[str, dict[str, list[str]]]:
             train.setdefault(key, overrides)
     ev = {key: [] for key in keys(composed("eval", ["run_dir=x"]), "eval")}
     judge = {key: [] for key in keys(composed("judge_run", ["run_a=x", "run_b=y"]), "judge")}
-    return {"train": train, "eval": ev, "judge": judge}
+    protocol = {key: [] for key in keys(composed("protocol", []), "protocol")}
+    return {"train": train, "eval": ev, "judge": judge, "protocol": protocol}
 
 
 SETTINGS = settings()
@@ -76,8 +77,12 @@ def wrong_values(spec) -> list[str]:
         return ["bogus", "7"]
     if isinstance(spec, schema.Text):
         return ["7", "''", *(["no_placeholder"] if spec.holds else [])]
+    if isinstance(spec, schema.Weight):
+        return ["abc", "nan", "inf", "-0.5"]
     if isinstance(spec, schema.Seq):
-        return ["abc", f"[{','.join(['0.5'] * ((spec.length or 1) + 1))}]" if spec.length else "[7]"]
+        if spec.length:
+            return ["abc", f"[{','.join(['0.5'] * (spec.length + 1))}]"]
+        return ["abc", "[-1]" if isinstance(spec.item, schema.Whole) else "[7]"]
     if isinstance(spec, schema.Section):
         return ["7"]
     if isinstance(spec, schema.Device):
@@ -106,6 +111,7 @@ def test_every_key_of_every_composed_config_has_an_entry_and_the_shipped_values_
         schema.check(cfg, "train")  # raises on a key without an entry, or a shipped value outside its entry
     schema.check(composed("eval", ["run_dir=x"]), "eval")
     schema.check(composed("judge_run", ["run_a=x", "run_b=y"]), "judge")
+    schema.check(composed("protocol", []), "protocol")
     assert len(SETTINGS["train"]) > 130 and len(CASES) > 400  # the walk found the configs it is meant to
 
 
@@ -119,7 +125,7 @@ def with_value(command: str, key: str, value: str):
     base = tuple(SETTINGS[command][key]) if command == "train" else ()
     if (command, base) not in BASES:
         name, required = {"train": ("config", []), "eval": ("eval", ["run_dir=x"]),
-                          "judge": ("judge_run", ["run_a=x", "run_b=y"])}[command]
+                          "judge": ("judge_run", ["run_a=x", "run_b=y"]), "protocol": ("protocol", [])}[command]
         BASES[command, base] = composed(name, [*base, *required])
     cfg = copy.deepcopy(BASES[command, base])
     (override,) = OverridesParser.create().parse_overrides([f"{key}={value}"])
@@ -152,7 +158,8 @@ def test_through_the_command_line_any_setting_is_one_line_exit_2_before_anything
         for name in ("run", "a", "b"):  # run directories, so that only the value under test is wrong
             (tmp_path / name).mkdir()
             (tmp_path / name / "config.yaml").write_text("{}\n")
-        argv = (["eval", "run_dir=run"] if command == "eval" else ["judge", "run_a=a", "run_b=b"]) + [f"{key}={value}"]
+        argv = {"eval": ["eval", "run_dir=run"], "judge": ["judge", "run_a=a", "run_b=b"],
+                "protocol": ["protocol", "dir=study"]}[command] + [f"{key}={value}"]
     code, err = run(capfd, argv)
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err[-2000:]

@@ -79,8 +79,9 @@ def objective(name, cfg, cost, kind, d):
         tau = next((t for t, o in over if o), None)
         if tau is None:
             return torch.tensor(reward(y), dtype=c.dtype)
-        rest = c[tau + 1:].sum() if cfg["informative"] else 0.0
-        return -cfg["penalty"] - rest
+        rest = float(cfg["informative"]) * c[tau + 1:].sum()
+        every = cfg.get("penalty_on", "first") == "every"  # Sauté's −n on every absorbed token
+        return -cfg["penalty"] * (H - tau if every else 1) - rest
 
     lam = cfg.get("init", 0.0)
     return {
@@ -169,6 +170,13 @@ CASES = [
     ("cmdp", {"penalty": 1.0, "informative": True}, "token_kl", "prefix_mean", 0.5),
     ("cmdp", {"penalty": 1.0, "informative": True}, "logratio", "mean", 0.3),
     ("weakest_link", {"penalty": 1.0, "informative": False, "exact_weight": 1.0}, "teacher_nll", "prefix_mean", 1.5),
+    # the informative reward as a weight, and Sauté's absorbing reward (−n on every absorbed token)
+    ("cmdp", {"penalty": 1.0, "informative": 0.4}, "logratio", "sum", 0.5),
+    ("cmdp", {"penalty": 1.0, "informative": 0.4}, "token_kl", "sum", 0.9),
+    ("cmdp", {"penalty": 0.7, "informative": 0.4, "penalty_on": "every"}, "logratio", "sum", 0.5),
+    ("cmdp", {"penalty": 0.7, "informative": 1.0, "penalty_on": "every"}, "token_kl", "sum", 0.9),
+    ("weakest_link", {"penalty": 1.0, "informative": 0.4, "penalty_on": "every", "exact_weight": 1.0},
+     "teacher_nll", "prefix_mean", 1.5),
 ]
 
 

@@ -91,7 +91,7 @@ def test_completion_mask_keeps_first_eos_and_drops_everything_after():
     assert pad == 0
 
 
-def brute_cmdp(task_r, costs, n, d, penalty, informative):
+def brute_cmdp(task_r, costs, n, d, penalty, informative, penalty_on="first"):
     _, _, first = brute_stats(costs, n, d, "sum")
     r = [0.0] * len(costs)
     if n == 0:
@@ -101,12 +101,14 @@ def brute_cmdp(task_r, costs, n, d, penalty, informative):
         return r
     r[first] = -penalty
     for t in range(first + 1, n):
-        r[t] = -float(costs[t]) if informative else 0.0
+        r[t] = -float(informative) * float(costs[t]) - (penalty if penalty_on == "every" else 0.0)
     return r
 
 
-@pytest.mark.parametrize("informative", [True, False])
-def test_cmdp_rewards_match_brute_force(informative):
+@pytest.mark.parametrize(("informative", "penalty_on"), [(True, "first"), (False, "first"), (1.0, "first"),
+                                                          (0.0, "first"), (0.35, "first"), (0.35, "every"),
+                                                          (0.0, "every")])
+def test_cmdp_rewards_match_brute_force(informative, penalty_on):
     lengths = [6, 6, 3, 1, 0]
     costs = torch.rand(len(lengths), 6).double() * 0.6
     costs[0] = 0.05  # never violates
@@ -114,9 +116,24 @@ def test_cmdp_rewards_match_brute_force(informative):
     mask = ragged_mask(lengths, 6)
     d, penalty = 0.5, 3.0
     st = constraint_stats(costs, mask, d, "sum")
-    got = cmdp_rewards(task_r, costs, mask, st, penalty, informative)
+    got = cmdp_rewards(task_r, costs, mask, st, penalty, informative, penalty_on)
     for i, n in enumerate(lengths):
-        assert got[i].tolist() == pytest.approx(brute_cmdp(task_r[i], costs[i], n, d, penalty, informative))
+        assert got[i].tolist() == pytest.approx(brute_cmdp(task_r[i], costs[i], n, d, penalty, informative,
+                                                           penalty_on))
+
+
+def test_cmdp_informative_weight_one_is_bitwise_the_switch_it_replaced():
+    # configs written when `informative` was true / false must compute exactly what they did
+    lengths = [6, 5, 4]
+    costs = torch.rand(3, 6) * 0.6
+    mask = ragged_mask(lengths, 6)
+    st = constraint_stats(costs, mask, 0.5, "sum")
+    task_r = torch.ones(3)
+    for switch, weight in ((True, 1.0), (False, 0)):
+        assert torch.equal(cmdp_rewards(task_r, costs, mask, st, 2.0, switch),
+                           cmdp_rewards(task_r, costs, mask, st, 2.0, weight))
+    with pytest.raises(ValueError, match="penalty_on"):
+        cmdp_rewards(task_r, costs, mask, st, 2.0, 1.0, "sometimes")
 
 
 def test_cmdp_all_violated_forfeits_every_task_reward_and_none_violated_keeps_them():

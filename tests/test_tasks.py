@@ -18,8 +18,10 @@ needs_data = pytest.mark.skipif(not (DATA / "gsm8k" / "test.jsonl").is_file(), r
 
 
 def task_cfg(name, *overrides):
+    # the datasets' tests use files of a few rows: no validation slice unless a test asks for one
+    no_slice = [] if name == "arith" else ["task.n_validation=0"]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose("config", [f"task={name}", *overrides]).task
+        return compose("config", [f"task={name}", *no_slice, *overrides]).task
 
 
 def test_arith_solutions_are_correct_gsm8k_style_worked_lines():
@@ -260,3 +262,48 @@ def test_math500_problems_are_tagged_by_subject_or_level(field, families):
     task = build_task(task_cfg("math500", f"task.test_source={p}", f"task.train_source={p}",
                                "task.allow_train_on_test=true", f"task.family_field={field}"))
     assert Counter(t.family for t in task.test) == families
+
+
+def test_arith_validation_split_is_made_like_the_test_split_and_never_trained_on_nor_tested():
+    task = build_task(task_cfg("arith", "task.n_train=4000"))
+    val, test, train = ({computation({"answer": p.solution}) for p in ps} for ps in (task.validation, task.test,
+                                                                                       task.train))
+    # one question per validation computation, as the test split has one per held-out computation
+    assert len(task.validation) == len(val) == len({p.question for p in task.validation}) == 308
+    assert not val & test and not val & train and not test & train
+    assert len(task.test) == 569  # the test split is the one it always was
+    assert task.split("validation") is task.validation and task.split("test") is task.test
+    again = build_task(task_cfg("arith", "task.n_train=10"))
+    assert [p.question for p in again.validation] == [p.question for p in task.validation]  # fixed by the seed
+    assert len(build_task(task_cfg("arith", "task.n_train=10", "task.n_validation=50")).validation) == 50
+
+
+def test_without_a_validation_fraction_the_embedded_task_is_exactly_what_it_was():
+    # task.validation_fraction=0 draws the same training problems as before the validation split existed
+    cfg = task_cfg("arith", "task.n_train=500", "task.validation_fraction=0")
+    d = cfg.difficulty
+    held, _ = split(cfg.seed, cfg.n_test, d.min_steps, d.max_steps, d.max_operand, cfg.held_out_fraction)
+    before = train_rows(cfg.seed, 500, set(held), d.min_steps, d.max_steps, d.max_operand, cfg.held_out_fraction)
+    task = build_task(cfg)
+    assert [p.question for p in task.train] == [r["question"] for r in before] and task.validation == []
+    with pytest.raises(TaskError, match="no validation split"):
+        task.split("validation")
+    with pytest.raises(TaskError, match="validation_fraction must be >= 0 and leave"):
+        build_task(task_cfg("arith", "task.validation_fraction=0.7"))
+
+
+def test_a_dataset_validates_on_a_fixed_seeded_slice_of_its_training_rows_removed_from_training(tmp_path):
+    rows = [{"question": f"q{i}", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(40)]
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test.write_text(json.dumps({"question": "t", "answer": "#### 1"}) + "\n")
+    cfg = ("gsm8k", f"task.train_source={train}", f"task.test_source={test}", "task.n_validation=10")
+    task = build_task(task_cfg(*cfg))
+    names = [p.question for p in task.validation]
+    assert len(names) == 10 and len(task.train) == 30
+    assert not set(names) & {p.question for p in task.train}
+    assert names == [p.question for p in build_task(task_cfg(*cfg)).validation]  # the same slice every time
+    assert names != [p.question for p in build_task(task_cfg(*cfg, "task.seed=1")).validation]
+    with pytest.raises(TaskError, match="n_validation=40 would leave no training rows"):
+        build_task(task_cfg("gsm8k", f"task.train_source={train}", f"task.test_source={test}",
+                            "task.n_validation=40"))

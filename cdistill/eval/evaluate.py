@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from cdistill.eval.metrics import batch_summary, per_sample
-from cdistill.eval.stats import group_interval
+from cdistill.eval.stats import rate_interval
 from cdistill.rollout.sampling import generate, generation_config
 from cdistill.rollout.sources import budget_tracking
 from cdistill.runtime import autocast
@@ -17,7 +17,8 @@ from cdistill.tasks.base import family_order
 
 
 def evaluate(parts, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
-    """Report dict (and, with ``with_samples``, one record per problem) for the held-out split.
+    """Report dict (and, with ``with_samples``, one record per problem) for the held-out split ``eval.split``
+    (``test``, or ``validation`` for tuning: docs/tasks.md).
 
     The constraint metrics are measured on sampled completions (the policy's own distribution, which
     the budget constrains); greedy decoding gives a second accuracy. Sampling uses its own seed
@@ -32,7 +33,8 @@ def evaluate(parts, cfg, n_problems: int | None = None, with_samples: bool = Fal
 
 
 def _evaluate(parts, cfg, n_problems, with_samples, policy):
-    problems = parts.task.test[: n_problems or cfg.eval.n_problems]
+    split = cfg.eval.get("split", "test")
+    problems = parts.task.split(split)[: n_problems or cfg.eval.n_problems]
     tok, ev = parts.tokenizer, cfg.eval
     sampled_cfg = generation_config(tok, cfg.rollout.max_new_tokens, cfg.rollout.temperature, cfg.rollout.top_p, False)
     greedy_cfg = generation_config(tok, cfg.rollout.max_new_tokens, 1.0, 1.0, True)
@@ -80,8 +82,10 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
     report["accuracy_sampled"] = report.pop("reward")
     # this run's 95% interval on sampled accuracy, over its evaluation problems (cdistill report
     # adds seeds to it when a configuration has replicates)
-    interval = group_interval(torch.cat(per_problem).numpy())
+    interval = rate_interval(torch.cat(per_problem).numpy())  # Wilson's at 0 or 1 correct: never zero width
     report["accuracy_sampled_low"], report["accuracy_sampled_high"] = interval.low, interval.high
+    if split != "test":  # a test-split report reads as it always did; any other names its split
+        report["split"] = split
     report.update(n_problems=len(problems), samples_per_problem=ev.samples, threshold=cfg.constraint.threshold,
                   cost=cfg.constraint.cost, kind=cfg.constraint.kind, extraction=parts.task.extraction)
     if family_sums:  # the task tags its problems with families (task.family_field)

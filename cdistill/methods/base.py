@@ -16,6 +16,15 @@ from cdistill.objectives import COSTS, MicroBatch, Scored, group_normalize, grou
 from cdistill.rollout.source import Source
 
 
+def weight(value, key: str) -> float:
+    """A method weight >= 0 that was once a switch (``method.informative``): true / false read as 1 / 0."""
+    if isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, int | float) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"method.{key} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
 class Method:
     """Base: subclasses set ``name`` and implement ``advantages``."""
 

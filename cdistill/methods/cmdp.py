@@ -3,10 +3,11 @@
 The remaining budget z_t = d − C_t is a function of the prefix, so the student needs neither a budget
 input nor the teacher at deployment. Within budget the student earns the task reward at the end; from
 the first violation on the state is absorbing: the task reward is forfeited, the violating token gets
-−penalty, and later tokens get −c_t so that a violating completion still pulls back toward the teacher.
+−penalty (every absorbed token with ``penalty_on=every``, Sauté's own absorbing reward), and later tokens get
+−informative · c_t so that a violating completion still pulls back toward the teacher (0: not at all).
 """
 
-from cdistill.methods.base import Method
+from cdistill.methods.base import Method, weight
 from cdistill.objectives import Scored, cmdp_rewards
 from cdistill.objectives.rewards import after_violation
 
@@ -17,18 +18,21 @@ class CMDP(Method):
 
     def __init__(self, cfg, constraint, optim, **kwargs):
         super().__init__(cfg, constraint, optim, **kwargs)
+        self.informative = weight(self.cfg.informative, "informative")
         self.check_nonnegative("penalty")
+        self.penalty_on = self.cfg.get("penalty_on", "first")
 
     def advantages(self, b: Scored):
-        rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
+        rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.informative,
+                               self.penalty_on)
         return self.normalize(rewards, b.mask, b.group_size)
 
     def holds_cost(self):
-        return bool(self.cfg.informative)
+        return self.informative > 0
 
     def cost_in_return(self, b: Scored, rows, costs):
-        # the informative reward −c_t on every token after the first violation (decided by the prefix)
-        return (costs * after_violation(b.stats)[rows]).sum(1)
+        # the informative reward −w·c_t on every token after the first violation (decided by the prefix)
+        return self.informative * (costs * after_violation(b.stats)[rows]).sum(1)
 
     def after_step(self, b: Scored):
         return {"absorbed_rate": float((b.stats.violation_step >= 0).float().mean())}

@@ -6,7 +6,7 @@ vocabulary at each visited prefix, Σ_a π_θ(a|s_t) R̂(s_t, a) (chunked, diffe
 the future return G_{t+1} (with the task reward) is sampled and weighs log π_θ(y_t|s_t).
 """
 
-from cdistill.methods.base import Method
+from cdistill.methods.base import Method, weight
 from cdistill.objectives import (
     Scored,
     cmdp_rewards,
@@ -28,9 +28,12 @@ class WeakestLink(Method):
             raise ValueError("method weakest_link needs constraint.cost=teacher_nll and constraint.kind=prefix_mean, "
                              f"got {constraint.cost} / {constraint.kind}")
         self.check_nonnegative("penalty", "exact_weight")
+        self.informative = weight(self.cfg.informative, "informative")
+        self.penalty_on = self.cfg.get("penalty_on", "first")
 
     def advantages(self, b: Scored):
-        rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.cfg.informative)
+        rewards = cmdp_rewards(b.task_reward, b.costs, b.mask, b.stats, self.cfg.penalty, self.informative,
+                               self.penalty_on)
         violated = b.stats.violation_step >= 0
         task_part = terminal_reward(b.task_reward * (~violated).to(b.task_reward.dtype), b.mask)
         # the penalty / informative reward of token t itself is in the exact term: not sampled twice
@@ -41,7 +44,7 @@ class WeakestLink(Method):
         exact = weakest_link_exact_term(
             batch.hidden, batch.student_weight, batch.teacher_hidden, batch.teacher_weight, b.costs[batch.rows],
             b.stats.absorbed[batch.rows], batch.mask, self.constraint.threshold, self.cfg.penalty,
-            self.cfg.informative, batch.spec.chunk, batch.spec.vocab, batch.spec.temperature)
+            self.informative, batch.spec.chunk, batch.spec.vocab, batch.spec.temperature, self.penalty_on)
         # on the advantages' scale: divided by each completion's group scale like the sampled term
         return -self.cfg.exact_weight * token_mean(exact / self.scale[batch.rows, None], batch.mask, denom)
 

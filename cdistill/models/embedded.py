@@ -99,7 +99,12 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
     # run draws (task.n_train) must not rebuild them; everything else about the task shapes them, except how
     # evaluation groups the test problems (task.family_field)
     data_cfg = OmegaConf.merge(task_cfg, {"n_train": recipe.sft_problems})
-    tok_key = cache_key(recipe.tokenizer, without(data_cfg, "family_field"))
+    # which validation problems are evaluated does not shape the models; which computations are held out for
+    # validation does (they are never trained on), and a task without a validation split keeps its old key
+    shaping_data = without(without(data_cfg, "family_field"), "n_validation")
+    if not shaping_data.get("validation_fraction"):
+        shaping_data = without(shaping_data, "validation_fraction")
+    tok_key = cache_key(recipe.tokenizer, shaping_data)
     r = recipe[role]
     flaw = r.get("flaw")
     if flaw is not None:
@@ -115,9 +120,10 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
         # one: its worked solution would then be a test problem's, so those problems are left out of what the
         # flawed teacher learns from (tests/test_families.py measures the split on what is left)
         seed, fraction = data_cfg.seed, data_cfg.get("held_out_fraction", arith.HELD_OUT_FRACTION)
+        vfraction = data_cfg.get("validation_fraction", arith.VALIDATION_FRACTION)
         flawed = [(p, arith.flawed_solution(flaw, p.question, p.solution)) for p in task.train]
         return [(task.prompt(p), s) for p, s in flawed
-                if not arith.is_held_out(arith.computation({"answer": s}), seed, fraction)]
+                if not arith.is_reserved(arith.computation({"answer": s}), seed, fraction, vfraction)]
 
     def make_tokenizer(out: Path) -> dict:
         tok = build_tokenizer([a + b for a, b in pairs()], recipe.tokenizer.vocab_size)

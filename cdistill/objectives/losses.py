@@ -63,7 +63,8 @@ def expected_immediate_reward(
     absorbed_before: torch.Tensor,
     threshold: float,
     penalty: float,
-    informative: bool = True,
+    informative: float = 1.0,
+    penalty_on: str = "first",
 ) -> torch.Tensor:
     """``weakest_link``'s exact single-step term Σ_a π_θ(a|s_t) R̂(s_t, a), one value per row.
 
@@ -72,7 +73,8 @@ def expected_immediate_reward(
     prefix already broke the ``prefix_mean`` constraint. For every candidate token a:
 
     - prefix still within budget: R̂ = −penalty if (Σ_{i<t} c_i + c(a)) / t > d, else 0;
-    - prefix already absorbed: R̂ = −c(a) if ``informative`` else 0.
+    - prefix already absorbed: R̂ = −informative · c(a) (a weight >= 0), and −penalty more with
+      ``penalty_on="every"`` (a constant there: it adds nothing to the gradient, but keeps the term exact).
 
     The task reward is not in R̂: it depends on the whole completion and stays in the sampled part.
     Differentiable in ``student_logits``.
@@ -81,7 +83,9 @@ def expected_immediate_reward(
     cost = -torch.log_softmax(teacher_logits.float(), dim=-1).detach()
     prefix_mean = (cost_sum_before.unsqueeze(1) + cost) / position.unsqueeze(1).to(cost.dtype)
     fresh = -penalty * (prefix_mean > threshold).to(cost.dtype)
-    absorbed = -cost if informative else torch.zeros_like(cost)
+    absorbed = -float(informative) * cost if informative else torch.zeros_like(cost)
+    if penalty_on == "every":
+        absorbed = absorbed - penalty
     r_hat = torch.where(absorbed_before.bool().unsqueeze(1), absorbed, fresh)
     return (p * r_hat).sum(-1)
 
@@ -96,10 +100,11 @@ def weakest_link_exact_term(
     mask: torch.Tensor,
     threshold: float,
     penalty: float,
-    informative: bool = True,
+    informative: float = 1.0,
     chunk: int = 1024,
     vocab_size: int | None = None,
     student_temperature: float = 1.0,
+    penalty_on: str = "first",
 ) -> torch.Tensor:
     """``expected_immediate_reward`` at every visited prefix of a batch, [B, T], from hidden states.
 
@@ -116,7 +121,7 @@ def weakest_link_exact_term(
         return expected_immediate_reward(
             logits_from_hidden(hs, student_weight, vocab_size, student_temperature),
             logits_from_hidden(ht, teacher_weight, vocab_size),
-            before, pos, gone, threshold, penalty, informative,
+            before, pos, gone, threshold, penalty, informative, penalty_on,
         )
 
     return positionwise(fn, mask, [student_hidden, teacher_hidden, cost_before, position, absorbed_before], chunk)

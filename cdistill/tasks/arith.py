@@ -8,7 +8,9 @@ The held-out split is held out by what the student must compute, not by wording:
 is its start value and its sequence of (operation, operand); a stable hash of the computation (and the seed)
 puts it in the held-out set with probability ``held_out_fraction``. The test split is one question per held-out
 computation; training problems are computations drawn uniformly from the others: both sides come from one
-distribution over computations (docs/tasks.md has the measured overlap).
+distribution over computations (docs/tasks.md has the measured overlap). The validation split, which tuning and
+selection read instead of the test split, is made the same way from a second hash: ``validation_fraction`` of all
+computations, none of them held out for testing, one question each, and none of them trained on.
 
 Each row also names the families it belongs to (``task.family_field`` picks one for per-family evaluation):
 ``flaw`` (``sells`` when a step sells, the family a flawed teacher gets wrong, else ``other``), ``ops`` (the
@@ -30,6 +32,7 @@ LOSS = ["gives away {n}", "loses {n}", "sells {n}"]
 
 
 HELD_OUT_FRACTION = 0.3  # share of computations held out for the test split (docs/tasks.md: why 0.3)
+VALIDATION_FRACTION = 0.0  # share of all computations held out for validation (conf/task/arith.yaml sets 0.15)
 
 Computation = tuple[int, tuple[tuple[str, int], ...]]  # (start value, ((op, operand), ...)), op "+" or "-"
 
@@ -52,6 +55,23 @@ def is_held_out(comp: Computation, seed: int, fraction: float = HELD_OUT_FRACTIO
     return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
 
+def is_validation(comp: Computation, seed: int, held_out_fraction: float = HELD_OUT_FRACTION,
+                  validation_fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether ``comp`` is held out for validation: not a test computation, and a second stable hash below the
+    share of the remaining computations that makes ``validation_fraction`` of all of them."""
+    if validation_fraction <= 0 or is_held_out(comp, seed, held_out_fraction):
+        return False
+    digest = hashlib.sha256(f"arith-validation-{seed}:{computation_key(comp)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < validation_fraction / (1 - held_out_fraction) * 2**64
+
+
+def is_reserved(comp: Computation, seed: int, held_out_fraction: float = HELD_OUT_FRACTION,
+                validation_fraction: float = VALIDATION_FRACTION) -> bool:
+    """Whether ``comp`` is never trained on: held out for testing or for validation."""
+    return is_held_out(comp, seed, held_out_fraction) or is_validation(comp, seed, held_out_fraction,
+                                                                        validation_fraction)
+
+
 def all_computations(min_steps: int, max_steps: int, max_operand: int) -> list[Computation]:
     """Every computation ``make_problem`` can produce at this difficulty (values never go below zero)."""
     out = []
@@ -71,9 +91,12 @@ def all_computations(min_steps: int, max_steps: int, max_operand: int) -> list[C
     return out
 
 
-def _check_fraction(fraction: float) -> None:
+def _check_fraction(fraction: float, validation_fraction: float = 0.0) -> None:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"task.held_out_fraction must be between 0 and 1 (exclusive), got {fraction}")
+    if not 0.0 <= validation_fraction < 1.0 - fraction:
+        raise ValueError(f"task.validation_fraction must be >= 0 and leave computations to train on (below "
+                         f"1 - task.held_out_fraction = {1 - fraction:g}), got {validation_fraction}")
 
 
 def render(rng: random.Random, comp: Computation) -> dict:
@@ -157,14 +180,34 @@ def split(seed: int, n_test: int, min_steps: int, max_steps: int, max_operand: i
     return sorted(r["question"] for r in rows), rows
 
 
+def validation_split(seed: int, n_validation: int, min_steps: int, max_steps: int, max_operand: int,
+                     held_out_fraction: float = HELD_OUT_FRACTION,
+                     validation_fraction: float = VALIDATION_FRACTION) -> tuple[list[str], list[dict]]:
+    """The validation split, made as the test split is (``split``): one question for each validation computation
+    (``n_validation`` of them, in a seeded order; 0: all), each in a random wording. Empty when
+    ``validation_fraction`` is 0. Returns the sorted questions and the rows."""
+    _check_fraction(held_out_fraction, validation_fraction)
+    comps = [c for c in all_computations(min_steps, max_steps, max_operand)
+             if is_validation(c, seed, held_out_fraction, validation_fraction)]
+    if n_validation > len(comps):
+        raise ValueError(f"only {len(comps)} computations are held out for validation at this difficulty "
+                         f"(task.validation_fraction={validation_fraction}), one question each: lower "
+                         f"task.n_validation to at most {len(comps)}")
+    rng = random.Random(f"arith-validation-{seed}")
+    rng.shuffle(comps)
+    rows = [render(rng, c) for c in comps[: n_validation or len(comps)]]
+    return sorted(r["question"] for r in rows), rows
+
+
 def train_rows(seed: int, n: int, held_out: set[str], min_steps: int, max_steps: int, max_operand: int,
-               held_out_fraction: float = HELD_OUT_FRACTION) -> list[dict]:
+               held_out_fraction: float = HELD_OUT_FRACTION,
+               validation_fraction: float = VALIDATION_FRACTION) -> list[dict]:
     """``n`` training problems: each a computation drawn uniformly from those not held out (repeats allowed) in a
     random wording, never one of the ``held_out`` questions. Training and test problems thus come from one
-    distribution over computations, split by computation."""
-    _check_fraction(held_out_fraction)
+    distribution over computations, split by computation; validation computations are never drawn either."""
+    _check_fraction(held_out_fraction, validation_fraction)
     pool = [c for c in all_computations(min_steps, max_steps, max_operand)
-            if not is_held_out(c, seed, held_out_fraction)]
+            if not is_reserved(c, seed, held_out_fraction, validation_fraction)]
     if not pool:
         raise ValueError(f"every computation at this difficulty is held out (task.held_out_fraction="
                          f"{held_out_fraction}): nothing is left to train on")

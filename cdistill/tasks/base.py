@@ -96,8 +96,14 @@ def load_rows(source: str, split: str, hub_config: str | None = None) -> list[di
     return [dict(r) for r in load_dataset(source, hub_config, split=split)]
 
 
+SPLITS = ("test", "validation")  # what an evaluation may read (eval.split)
+
+
 class Task:
-    """Train and test problems, the prompt text for a problem, and the reward of a completion.
+    """Train, validation and test problems, the prompt text for a problem, and the reward of a completion.
+
+    Tuning and selection read ``validation`` (disjoint from both others, made like the test split); a final run
+    reads ``test`` once (docs/tasks.md, "Splits").
 
     ``answer_extraction`` (strict | flexible) and ``answer_format`` (gsm8k | math) say how a final answer is
     read from a completion (cdistill/tasks/verifier.py, docs/tasks.md).
@@ -105,7 +111,7 @@ class Task:
 
     def __init__(self, name: str, train: list[Problem], test: list[Problem], template: str,
                  use_chat_template: bool | str = False, answer_extraction: str = "strict",
-                 answer_format: str = "gsm8k"):
+                 answer_format: str = "gsm8k", validation: list[Problem] | None = None):
         if not train or not test:
             raise TaskError(f"task {name!r} has an empty split (train {len(train)}, test {len(test)})")
         try:
@@ -113,11 +119,22 @@ class Task:
         except ValueError as e:
             raise TaskError(f"task {name!r}: {e}") from None
         self.name, self.train, self.test, self.template = name, train, test, template
+        self.validation = list(validation or [])
         self.answer_extraction, self.answer_format = answer_extraction, answer_format
         self.use_chat_template = use_chat_template
         self.chat_tokenizer = None
         # plain prompts get the tokenizer's special tokens (a BOS for Llama); chat-templated text has them
         self.add_special_tokens = True
+
+    def split(self, name: str) -> list[Problem]:
+        """The held-out problems of ``name`` (``test`` or ``validation``), refused in one line when there are none."""
+        if name not in SPLITS:
+            raise TaskError(f"unknown eval.split {name!r}; expected one of {', '.join(SPLITS)}")
+        problems = self.test if name == "test" else self.validation
+        if not problems:
+            raise TaskError(f"task {self.name!r} has no validation split: set task.validation_fraction (embedded) "
+                            "or task.n_validation (a dataset) above 0")
+        return problems
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Use ``tokenizer``'s chat template for prompts when configured (``auto``: when it has one)."""
@@ -188,6 +205,18 @@ def check_no_shared_questions(name: str, train: list[Problem], test: list[Proble
                         f"(first: {first[:60]!r}): train on rows without them, or set task.allow_train_on_test=true")
 
 
+def validation_rows(rows: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """A fixed seeded slice of ``n`` training rows for validation, removed from training: (train, validation).
+    The slice depends on the seed and the rows alone, so every run and method of a study validates on the same
+    problems."""
+    if n <= 0:
+        return rows, []
+    if n >= len(rows):
+        raise TaskError(f"task.n_validation={n} would leave no training rows (the training source has {len(rows)})")
+    picked = set(random.Random(f"validation-{seed}").sample(range(len(rows)), n))
+    return ([r for i, r in enumerate(rows) if i not in picked], [r for i, r in enumerate(rows) if i in picked])
+
+
 def build_task(cfg) -> Task:
     """A Task from the ``task`` config group (see conf/task/*.yaml)."""
     mode = cfg.get("answer_extraction", "strict")
@@ -198,25 +227,37 @@ def build_task(cfg) -> Task:
     if cfg.source == "embedded":
         d = cfg.difficulty
         fraction = cfg.get("held_out_fraction", arith.HELD_OUT_FRACTION)
+        vfraction = cfg.get("validation_fraction", arith.VALIDATION_FRACTION)
         try:
             held, test_rows = arith.split(cfg.seed, cfg.n_test, d.min_steps, d.max_steps, d.max_operand, fraction)
+            _, val_rows = arith.validation_split(cfg.seed, cfg.get("n_validation", 0), d.min_steps, d.max_steps,
+                                                 d.max_operand, fraction, vfraction)
             train_rows = arith.train_rows(cfg.seed, cfg.n_train, set(held), d.min_steps, d.max_steps,
-                                          d.max_operand, fraction)
+                                          d.max_operand, fraction, vfraction)
         except ValueError as e:
             raise TaskError(str(e)) from None
-        rows = {"train": train_rows, "test": test_rows}
+        rows = {"train": train_rows, "test": test_rows, "validation": val_rows}
     else:
         check_no_train_on_test(cfg)
+        train_rows, val_rows = validation_rows(
+            load_rows(cfg.train_source or cfg.source, cfg.train_split, cfg.get("hub_config")),
+            cfg.get("n_validation", 0), cfg.seed)
         rows = {
-            "train": load_rows(cfg.train_source or cfg.source, cfg.train_split, cfg.get("hub_config")),
+            "train": train_rows,
             "test": load_rows(cfg.test_source or cfg.source, cfg.test_split, cfg.get("hub_config")),
+            "validation": val_rows,
         }
     fields = {"question": cfg.fields.question, "solution": cfg.fields.solution}
     probs = {k: [row_to_problem(r, fields, cfg.answer_format) for r in v] for k, v in rows.items()}
     family_field = cfg.get("family_field")
-    if family_field:  # only the test rows are evaluated per family (training rows may lack the field)
+    if family_field:  # only the held-out rows are evaluated per family (training rows may lack the field)
         probs["test"] = [replace(p, family=row_family(r, family_field, fields, cfg.answer_format))
                          for p, r in zip(probs["test"], rows["test"], strict=True)]
+        try:  # validation rows come from the training source, which may not hold the test rows' field
+            probs["validation"] = [replace(p, family=row_family(r, family_field, fields, cfg.answer_format))
+                                   for p, r in zip(probs["validation"], rows["validation"], strict=True)]
+        except TaskError:
+            pass
         n = len({p.family for p in probs["test"]})
         if n > MAX_FAMILIES:  # a per-problem field (the question, the answer): no family would hold a sample
             raise TaskError(f"task.family_field={family_field!r} splits the {len(probs['test'])} test problems into "
@@ -227,4 +268,4 @@ def build_task(cfg) -> Task:
     if cfg.n_test and len(test) > cfg.n_test:
         test = random.Random(cfg.seed).sample(test, cfg.n_test)
     return Task(cfg.name, probs["train"], test, cfg.prompt_template, cfg.get("use_chat_template", False),
-                mode, cfg.answer_format)
+                mode, cfg.answer_format, validation=probs["validation"])
