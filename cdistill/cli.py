@@ -97,10 +97,11 @@ def requeued(run_dir: Path, cfg) -> bool:
 def _train(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
+    from cdistill.checkpoint import fingerprint
     from cdistill.config import validate
     from cdistill.eval.evaluate import format_report
-    from cdistill.selection import Rule, objective
-    from cdistill.train import train
+    from cdistill.selection import FAILED, Rule, objective
+    from cdistill.train import TrainingError, train
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -110,6 +111,10 @@ def _train(cfg: DictConfig):
     if requeued(run_dir, cfg) and not cfg.resume and not (run_dir / "summary.json").is_file():
         with open_dict(cfg):  # a run stopped by a signal, or a job put back in the queue, continues where it stopped
             cfg.resume = "auto"
+    tuning = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
+    if tuning and cfg.resume == "auto" and not cfg.overwrite and failed_same_trial(run_dir, cfg):
+        print(f"[{cfg.method.name}] {run_dir} failed before under this configuration: its score is {FAILED}")
+        return FAILED
     if (run_dir / "summary.json").is_file() and not cfg.overwrite:
         done = finished_same_run(run_dir, cfg) if cfg.resume == "auto" else None
         if done is not None:  # a study that stopped continues: its finished trials give their result again
@@ -119,13 +124,36 @@ def _train(cfg: DictConfig):
         raise UserError(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
     if (run_dir / "metrics.jsonl").is_file() and not cfg.overwrite and not cfg.resume:
         raise UserError(f"{run_dir} holds an unfinished run; resume=auto continues it, overwrite=true starts it over")
-    summary = train(cfg, run_dir)
+    try:
+        summary = train(cfg, run_dir)
+    except TrainingError as e:
+        if not tuning:
+            raise
+        # one trial of a study whose settings cannot train (non-finite steps): the worst score, and the study goes on
+        line = str(e).splitlines()[0]
+        (run_dir / FAILED_TRIAL).write_text(json.dumps({"failed": line, "fingerprint": fingerprint(cfg)}))
+        say_error(f"cdistill: trial failed: {line}; its score is {FAILED} ({run_dir / FAILED_TRIAL})")
+        return FAILED
     if not summary:  # a secondary process of accelerate launch: the main one reports
         return None
     print(f"\n[{summary['method']} d={summary['threshold']}] {run_dir}")
     print(format_report(summary))
     # what a sweeper maximises (hydra/sweeper=optuna): the declared selection rule's score (cdistill/selection.py)
     return objective(summary, Rule.of(cfg.selection))
+
+
+FAILED_TRIAL = "failed.json"  # a tuning trial whose training failed: its reason, and the configuration it ran
+
+
+def failed_same_trial(run_dir: Path, cfg) -> bool:
+    """Whether ``run_dir`` holds a trial that failed under ``cfg``: a resumed study scores it again without training."""
+    from cdistill.checkpoint import fingerprint
+
+    try:
+        failed = json.loads((run_dir / FAILED_TRIAL).read_text())
+    except (OSError, ValueError):
+        return False
+    return failed.get("fingerprint") == fingerprint(cfg)
 
 
 def finished_same_run(run_dir: Path, cfg) -> dict | None:
@@ -207,13 +235,22 @@ PROTOCOL_EXTRA: list[str] = []  # the train overrides after `--` of `cdistill pr
 @guarded
 def _protocol(cfg: DictConfig):
     from cdistill.protocol import ProtocolError, run
-    from cdistill.schema import check
+    from cdistill.schema import ConfigError, check
 
-    check(cfg, "protocol")
+    try:
+        check(cfg, "protocol")
+    except ConfigError as e:
+        if "is not a setting of cdistill protocol" in str(e):  # most likely a training run's override
+            raise UserError(f"{e}; the overrides of the runs go after --: cdistill protocol [study settings] -- "
+                            "[train overrides]") from None
+        raise
     try:
         run(cfg, PROTOCOL_EXTRA)
     except ProtocolError as e:
         raise UserError(str(e)) from None
+    except KeyboardInterrupt:  # between two runs (during one, the run is stopped and ProtocolError says so)
+        fail(f"stopped; to continue: cdistill protocol dir={cfg.dir}" + (f" -- {' '.join(PROTOCOL_EXTRA)}"
+                                                                         if PROTOCOL_EXTRA else ""), code=130)
 
 
 def _report(args: list[str]) -> None:

@@ -34,6 +34,13 @@ def validate(cfg, command: str = "train") -> None:
             raise ConfigError(f"model.embedded.teacher.flaw={flaw} is taught to the embedded teacher, but the teacher "
                               f"is {cfg.model.teacher.name_or_path}: set the flaw to null or the teacher to "
                               "embedded:teacher")
+    if cfg.eval.get("split", "test") == "validation":  # before a whole run trains to find out at its evaluation
+        embedded = cfg.task.get("source") == "embedded"
+        size = cfg.task.get("validation_fraction", 0) if embedded else cfg.task.get("n_validation", 0)
+        if not size:
+            what = "task.validation_fraction" if embedded else "task.n_validation"
+            raise ConfigError(f"eval.split=validation, but task {cfg.task.name!r} has no validation split: set "
+                              f"{what} above 0")
     try:  # each method checks its own options (and weakest_link its constraint)
         method = build_method(cfg.method, cfg.constraint, cfg.optim)
     except ValueError as e:

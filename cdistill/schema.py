@@ -265,7 +265,7 @@ PROTOCOL: dict[str, object] = {
     "dir": Text(), "methods": Seq(OneOf(tuple(sorted(METHODS)))), "trials": COUNT, "steps": COUNT,
     "tuning_seed": SEED, "sampler_seed": SEED, "final_seeds": Seq(SEED), "train": Seq(Text()),
     "checkpoint_every": Whole(0), "verdicts.comparisons": Seq(Seq(OneOf(tuple(sorted(METHODS))), 2)),
-    "verdicts.primary": OneOf(METRICS), "verdicts.alpha": Real(0, 1, open_lo=True, open_hi=True),
+    "verdicts.primary": Text(), "verdicts.alpha": Real(0, 0.5, open_lo=True, open_hi=True),  # the report reads them
     "verdicts.equivalence_margin": POSITIVE,
 }
 

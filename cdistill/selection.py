@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+FAILED = -3.0  # the score of a trial whose training failed (a non-finite run): below every trial that finished
 RATES = ("satisfaction_rate", "never_exceeded_rate", "success_rate", "success_never_exceeded_rate")
 METRICS = ("accuracy_sampled", "accuracy_greedy", "success_rate", "success_never_exceeded_rate")
 
@@ -53,7 +54,9 @@ def feasible(summary: dict, rule: Rule) -> bool:
 def objective(summary: dict, rule: Rule) -> float:
     """The trial's score for the sweeper: its ``metric`` (in [0, 1]) when it meets the target; otherwise its
     shortfall below the target minus 1 (in [-2, -1)), so that every feasible trial ranks above every infeasible
-    one and infeasible ones rank by how close they come."""
+    one and infeasible ones rank by how close they come; ``FAILED`` for a trial whose training failed."""
+    if summary.get("failed"):
+        return FAILED
     rate, value = _value(summary, rule.constraint_metric), _value(summary, rule.metric)
     return value if rate >= rule.target else rate - rule.target - 1.0
 
@@ -71,10 +74,16 @@ def select(trials: list[Trial], rule: Rule) -> tuple[Trial, bool]:
     if not trials:
         raise SelectionError("no finished trial to select from")
     for t in trials:
+        if t.summary.get("failed"):
+            continue
         split = t.summary.get("split", "test")
         if split != "validation":  # selection must never read the test split
             raise SelectionError(f"trial {t.number} ({t.path}) was evaluated on the {split} split; tuning and "
                                  "selection read the validation split only (eval.split=validation)")
+    failed = [t for t in trials if t.summary.get("failed")]
+    trials = [t for t in trials if not t.summary.get("failed")]
+    if not trials:
+        raise SelectionError(f"every trial failed (first: {failed[0].summary['failed']})")
     ok = [t for t in trials if feasible(t.summary, rule)]
     if ok:
         best = max(ok, key=lambda t: (_value(t.summary, rule.metric), -t.number))

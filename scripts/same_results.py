@@ -60,6 +60,7 @@ CONFIGS.update({
 # two processes (gloo on CPU): DDP, and FSDP2 with the student and the teacher sharded (tests/fsdp_on_cpu.py)
 DDP = ["method=lagrangian", "method.lr=0.5", "method.ema_decay=0", "constraint.threshold=0.001"]
 TWO_PROCESSES = ("ddp", "fsdp")
+# wall-clock fields (and, with --changed-fields, fields the change alters on purpose): never compared
 TIME_KEYS = {"time_generate", "time_score", "time_update", "time_step", "seconds", "eval/seconds", "train_seconds"}
 EXACT = ["eval_samples.jsonl"]
 WITHOUT_TIME = ["metrics.jsonl", "evals.jsonl", "eval.json", "summary.json"]
@@ -67,10 +68,11 @@ WITHOUT_TIME = ["metrics.jsonl", "evals.jsonl", "eval.json", "summary.json"]
 WITH_PATHS = ["config.yaml"]
 
 
-def run(side: Path, code: Path, name: str, overrides: list[str], python: str) -> tuple[Path, str | None]:
+def run(side: Path, code: Path, name: str, overrides: list[str], python: str,
+        extra: list[str] | None = None) -> tuple[Path, str | None]:
     out = side / "runs" / name
     env = {**os.environ, "PYTHONPATH": str(code), "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
-    common = [*TINY, f"paths.cache={side / 'cache'}", f"hydra.run.dir={out}"]
+    common = [*TINY, f"paths.cache={side / 'cache'}", f"hydra.run.dir={out}", *(extra or [])]
     if name in TWO_PROCESSES:
         torchrun = shutil.which("torchrun") or str(Path(python).parent / "torchrun")
         entry = ["-m", "cdistill.cli"] if name == "ddp" else [str(code / "tests" / "fsdp_on_cpu.py")]
@@ -112,7 +114,7 @@ def without_settings(text: str, keys: list[str]) -> dict:
 
 def first_difference(a: Path, b: Path, new_settings: list[str] | None = None) -> str | None:
     """The first output that differs between two run directories (``b`` the working tree's, whose config may hold
-    ``new_settings`` that ``a``'s does not), or None."""
+    ``new_settings`` that ``a``'s does not, or spell them otherwise: left out of both), or None."""
     files = [*EXACT, *WITHOUT_TIME, *WITH_PATHS]
     files += sorted(str(p.relative_to(a)) for p in (a / "student").rglob("*") if p.is_file())
     files += sorted(str(p.relative_to(a)) for p in (a / "ranks").glob("*.json")) if (a / "ranks").is_dir() else []
@@ -133,7 +135,7 @@ def first_difference(a: Path, b: Path, new_settings: list[str] | None = None) ->
         elif rel in WITH_PATHS:
             ours, theirs = (f.read_text().replace(str(run.parents[1]), "<side>") for f, run in ((fa, a), (fb, b)))
             if new_settings:
-                ours, theirs = without_settings(ours, []), without_settings(theirs, new_settings)
+                ours, theirs = without_settings(ours, new_settings), without_settings(theirs, new_settings)
             if ours != theirs:
                 return rel
         elif fa.read_bytes() != fb.read_bytes():
@@ -150,7 +152,15 @@ def main() -> int:
     p.add_argument("--new-settings", default="",
                    help="comma-separated dotted keys that the working tree adds to config.yaml (e.g. a new section): "
                         "left out of the comparison")
+    p.add_argument("--changed-fields", default="",
+                   help="comma-separated JSON fields that the change alters on purpose (e.g. an interval's bounds): "
+                        "left out of the comparison of metrics, evaluations and summary, on both sides")
+    p.add_argument("--work-overrides", default="",
+                   help="space-separated overrides for the working tree's runs only: a setting the change adds whose "
+                        "value reproduces the ref (e.g. task.validation_fraction=0)")
     args = p.parse_args()
+    work_overrides = args.work_overrides.split()
+    TIME_KEYS.update(k for k in args.changed_fields.split(",") if k)
     new_settings = [k for k in args.new_settings.split(",") if k]
     names = [*CONFIGS, *TWO_PROCESSES]
     if args.only:
@@ -187,7 +197,7 @@ def main() -> int:
             ref_out, ref_err = work / "ref" / "runs" / name, None
             if not (reuse and (ref_out / "summary.json").is_file()):
                 ref_out, ref_err = run(work / "ref", tree, name, CONFIGS.get(name, []), args.python)
-            work_out, work_err = run(work / "work", ROOT, name, CONFIGS.get(name, []), args.python)
+            work_out, work_err = run(work / "work", ROOT, name, CONFIGS.get(name, []), args.python, work_overrides)
             if ref_err or work_err:
                 verdict = f"FAILED to run: {'ref: ' + ref_err if ref_err else 'work: ' + work_err}"
             else:

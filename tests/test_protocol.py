@@ -13,6 +13,7 @@ import yaml
 from helpers import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
+RUN_SIZES = [o for o in TINY if not o.startswith("optim.steps=")]  # a study's steps are its own setting (steps=2)
 
 # Every process of a study (the protocol and each `cdistill train` it starts) imports this through PYTHONPATH: the
 # embedded task's test split keeps its questions' computations out of training as before, but every test problem
@@ -41,7 +42,7 @@ def protocol(tmp_path, study, cache, *settings, garble=False, extra=()):
         env["PYTHONPATH"] = str(tmp_path / "garble")
     argv = [sys.executable, "-m", "cdistill.cli", "protocol", f"dir={study}", "methods=[cmdp,soft_penalty]",
             "trials=2", "steps=2", "final_seeds=[1,2]", "verdicts.comparisons=[[cmdp,soft_penalty]]", *settings,
-            "--", *TINY, f"paths.cache={cache}", *extra]
+            "--", *RUN_SIZES, f"paths.cache={cache}", *extra]
     return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
 
 
@@ -64,7 +65,8 @@ def studies(tmp_path_factory):
     cache = tmp / "cache"
     plain = protocol(tmp, tmp / "plain", cache)
     assert plain.returncode == 0, plain.stderr[-3000:]
-    garbled = protocol(tmp, tmp / "garbled", cache, garble=True)
+    # its own models, built under the garbled split: a model build that read the test split would differ too
+    garbled = protocol(tmp, tmp / "garbled", tmp / "cache_garbled", garble=True)
     assert garbled.returncode == 0, garbled.stderr[-3000:]
     return tmp, cache, plain
 
@@ -124,14 +126,24 @@ def test_a_study_declared_otherwise_in_the_same_directory_is_refused_in_one_line
     assert "holds a study declared with other settings (trials differ)" in lines[0]
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    (["final_seeds=[0,1]"], "final_seeds must be fresh seeds"),
-    (["verdicts.comparisons=[[cmdp,lagrangian]]"], "verdicts.comparisons names lagrangian, which protocol.methods"),
-    (["methods=[cmdp,opd]"], "protocol.methods: no search space for opd"),
-    (["trials=0"], "trials must be a whole number of at least 1"),
+@pytest.mark.parametrize(("settings", "extra", "message"), [
+    (["final_seeds=[0,1]"], [], "final_seeds must be fresh seeds"),
+    (["verdicts.comparisons=[[cmdp,lagrangian]]"], [], "verdicts.comparisons names lagrangian, which protocol.methods"),
+    (["methods=[cmdp,opd]"], [], "protocol.methods: no search space for opd"),
+    (["trials=0"], [], "trials must be a whole number of at least 1"),
+    # what the report would refuse only after the whole study has trained
+    (["verdicts.comparisons=[[cmdp,cmdp]]"], [], "compares a method with itself"),
+    (["verdicts.primary=speed"], [], "primary must be one of"),
+    (["methods=[cmdp,weakest_link]", "verdicts.comparisons=[[cmdp,weakest_link]]"], [],
+     "the two train on different constraints"),
+    # run overrides that would contradict the declaration or fix a tuned knob
+    ([], ["eval.split=validation"], "'eval.split=validation' cannot be given to a study: the protocol sets it"),
+    ([], ["optim.steps=9"], "'optim.steps=9' cannot be given to a study"),
+    ([], ["optim.lr=1e-3"], "'optim.lr=1e-3' cannot be given to a study: a search space tunes it"),
+    (["+exp=flawed_teacher"], [], "the overrides of the runs go after --"),
 ])
-def test_a_bad_declaration_is_refused_before_anything_runs(tmp_path, settings, message):
-    r = protocol(tmp_path, tmp_path / "study", tmp_path / "cache", *settings)
+def test_a_bad_declaration_is_refused_before_anything_runs(tmp_path, settings, extra, message):
+    r = protocol(tmp_path, tmp_path / "study", tmp_path / "cache", *settings, extra=extra)
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
     assert not (tmp_path / "study" / "tuning").exists() and not (tmp_path / "cache").exists()
 
@@ -142,3 +154,40 @@ def test_a_tuning_sweep_scored_on_test_is_refused(tmp_path):
                         f"paths.cache={tmp_path / 'cache'}"], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 2 and "must be scored on the validation split, never on test" in r.stderr, r.stderr[-2000:]
+
+
+FAIL_FAST_LR = """
+import cdistill.train as tr
+
+_train = tr.train
+
+
+def failing(cfg, run_dir):
+    if cfg.optim.lr < 3e-5:  # grpo's second trial draws 2.65e-05 (its first 3.54e-05): its steps are not finite
+        raise tr.TrainingError("stopped at step 1: 2 steps in a row had a non-finite loss or gradient")
+    return _train(cfg, run_dir)
+
+
+tr.train = failing
+"""
+
+
+def test_a_trial_that_cannot_train_scores_worst_and_the_study_goes_on_and_resumes(tmp_path):
+    (tmp_path / "patch").mkdir()
+    (tmp_path / "patch" / "sitecustomize.py").write_text(FAIL_FAST_LR)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path / "patch")}
+    argv = [sys.executable, "-m", "cdistill.cli", "train", "-m", "+tune=grpo", "hydra.sweeper.n_trials=2",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}", "resume=auto", *TINY, f"paths.cache={tmp_path / 'cache'}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "trial failed: stopped at step 1" in r.stderr and "Best value" in r.stdout + r.stderr
+    assert (tmp_path / "sweep" / "trial1" / "failed.json").is_file()
+    assert (tmp_path / "sweep" / "trial0" / "summary.json").is_file()
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert "failed before under this configuration" in again.stdout, again.stdout[-2000:]
+    from cdistill.protocol import trials_of
+    from cdistill.selection import FAILED, Rule, objective, select
+
+    trials = trials_of(tmp_path / "sweep")
+    assert [t.number for t in trials] == [0, 1] and objective(trials[1].summary, Rule()) == FAILED
+    assert select(trials, Rule())[0].number == 0

@@ -139,6 +139,11 @@ def plot_curves(groups: list[Group], out: Path, window: int = 10) -> None:
         if not drawn:
             ax.text(0.5, 0.5, "no run logs this on its own samples", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
+        elif key == "divergence_mean":  # the budgets the constrained runs train against: does C(y) reach them?
+            for d in sorted({g.threshold for g in groups if g.trains_on_budget}):
+                ax.axhline(d, color="black", linestyle="--", linewidth=0.8)
+                ax.annotate(f"d = {d:g}", (0.99, d), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                            fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[1]:

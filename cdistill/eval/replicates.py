@@ -35,6 +35,10 @@ TEACHER_RESOURCES = ("model.teacher.shard", "model.teacher.server.base_url", "mo
                      "model.teacher.server.api_key_env")
 
 
+# the task settings that decide which problems the embedded teacher was trained on (its cache key holds them)
+EMBEDDED_TASK_KEYS = ("task.name", "task.source", "task.seed", "task.held_out_fraction", "task.prompt_template")
+
+
 def flatten(tree, prefix: str = "") -> dict:
     if not isinstance(tree, dict):
         return {prefix: json.dumps(tree, sort_keys=True)}
@@ -122,10 +126,14 @@ class Group:
         ``(key, value)`` pairs from the resolved config; () for a run that recorded no config."""
         config = self.runs[0].config
         embedded = json.loads(config.get("model.teacher.name_or_path", "null")) == "embedded:teacher"
-        return tuple(sorted((k, v) for k, v in config.items()
-                            if (k.startswith("model.teacher.") and k not in TEACHER_RESOURCES)
-                            or (embedded and k.startswith("model.embedded.")
-                                and not k.startswith("model.embedded.student."))))
+        out = {k: v for k, v in config.items()
+               if (k.startswith("model.teacher.") and k not in TEACHER_RESOURCES)
+               or (embedded and (k.startswith("model.embedded.") and not k.startswith("model.embedded.student.")
+                                 or k in EMBEDDED_TASK_KEYS or k.startswith("task.difficulty.")))}
+        if embedded:  # the problems it was trained on: a run from before the validation split held out none
+            out["task.validation_fraction"] = json.dumps(float(json.loads(config.get("task.validation_fraction",
+                                                                                       "0"))))
+        return tuple(sorted(out.items()))
 
     def comparable(self, other: Group) -> bool:
         """Whether two groups measure the same thing: the same constraint (cost and kind), against the same teacher
@@ -242,6 +250,12 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return sorted(groups, key=lambda g: (g.method, g.threshold, g.label))
 
 
+def shown(value) -> str:
+    """A setting as a label shows it: a tuned float to 3 significant digits (8.081649057856229 -> 8.08), a short
+    one as written (1.0, 0.03)."""
+    return f"{value:.3g}" if isinstance(value, float) and len(repr(value)) > 6 else str(value)
+
+
 def label(g: Group, groups: list[Group], leave_out: tuple = ()) -> str:
     """The settings that set ``g`` apart: keys whose value differs between groups, a method's own keys only
     among groups of that method, the method and constraint left to their own columns (and the keys in
@@ -253,7 +267,7 @@ def label(g: Group, groups: list[Group], leave_out: tuple = ()) -> str:
             continue
         peers = [h for h in groups if h.method == g.method] if key.startswith("method.") else groups
         if len({h.runs[0].config.get(key) for h in peers}) > 1:
-            parts.append(f"{key}={json.loads(mine[key])}")
+            parts.append(f"{key}={shown(json.loads(mine[key]))}")
     if not g.trains_on_budget and len({h.threshold for h in groups if h.method == g.method}) > 1:
         # groups of a method that ignores d, read at different d: the same training, told apart by the reading
         parts.append(f"read at d={g.threshold:g}")
