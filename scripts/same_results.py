@@ -44,7 +44,9 @@ METHODS = ["cmdp", "weakest_link", "saute", "lagrangian", "soft_penalty", "grpo"
 CONFIGS: dict[str, list[str]] = {m: [f"method={m}"] for m in METHODS}
 CONFIGS.update({
     # violations on most completions: the informative reward and the pathwise cost term are exercised
-    "cmdp_token_kl": ["method=cmdp", "constraint.cost=token_kl", "constraint.threshold=0.5", "scoring.chunk=7"],
+    # (method.informative=true: the paper's weight, spelt as every version of the setting reads it)
+    "cmdp_token_kl": ["method=cmdp", "constraint.cost=token_kl", "constraint.threshold=0.5", "scoring.chunk=7",
+                      "method.informative=true"],
     "cmdp_loose": ["method=cmdp", "constraint.threshold=5"],
     # several micro-batches and inner epochs: no shared student pass, gradient accumulation, ratio clipping
     "cmdp_accumulate": ["method=cmdp", "optim.micro_batch=3", "scoring.micro_batch=3", "optim.inner_epochs=2"],

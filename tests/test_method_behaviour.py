@@ -175,8 +175,9 @@ def test_with_nothing_to_gain_from_the_task_only_cmdps_budget_moves_the_student_
     # full-size comparison below.
     results = {}
     for name in ("grpo", "cmdp"):
+        extra = ["method.informative=1"] if name == "cmdp" else []  # the paper's reward: -c_t after a violation
         cfg, out, summary, steps, evals = run(tmp_path / name, cache, f"method={name}", "constraint.threshold=1",
-                                              "optim.lr=1e-2", "optim.steps=5")
+                                              "optim.lr=1e-2", "optim.steps=5", *extra)
         assert all(s["reward"] == 0 for s in steps)
         results[name] = [e["divergence_mean"] for e in evals]
     assert results["grpo"][-1] == results["grpo"][0]
@@ -198,7 +199,7 @@ def test_cmdp_with_a_large_penalty_keeps_the_divergence_below_grpos_on_the_embed
 
     cache = tmp_path_factory.mktemp("default-cache")
     results = {}
-    for name, extra in (("grpo", []), ("cmdp", ["method.penalty=10"])):
+    for name, extra in (("grpo", []), ("cmdp", ["method.penalty=10", "method.informative=1"])):
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             cfg = compose("config", [f"method={name}", *extra, "optim.steps=40", "optim.lr=5e-5",
                                      "constraint.threshold=3", "eval.at_start=false", "eval.n_problems=50",

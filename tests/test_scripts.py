@@ -83,3 +83,39 @@ def test_served_teacher_bench_dry_run_plans_the_same_training_for_both_teachers(
     same = [a for a in local if a.startswith(("optim.", "rollout.", "eval.", "seed="))]
     assert same and all(a in served for a in same)  # identical settings apart from where the teacher runs
     assert "llama_cpp.server" in lines["llama-cpp-python server"]
+
+
+def test_absorbing_reward_script_measures_every_setting_on_training_batches_and_prints_its_tables(tmp_path):
+    import os
+
+    trial = tmp_path / "study" / "trial0"  # a tuning trial's records, as the study writes them (no config.yaml)
+    (trial / ".hydra").mkdir(parents=True)
+    (trial / ".hydra" / "overrides.yaml").write_text("- method.informative=0.5\n- method.penalty_on=every\n"
+                                                     "- optim.grad_clip=1.0\n- constraint.threshold=5\n")
+    (trial / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "entropy": 1.0 - s / 10, "grad_norm": 3.0 / s})
+                                                 + "\n" for s in (1, 2, 3, 4)))
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "absorbing_reward.py"), "--tiny", "--batches", "2",
+                        "--budgets", "2,0.5", "--train-steps", "1", "--greedy-prompts", "4", "--trials",
+                        str(trial.parent), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ar.md")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {}  # (d, setting) -> cells of the first table
+    for line in r.stdout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ("2", "0.5"):
+            rows[cells[0], cells[1]] = cells
+    settings = {s for _, s in rows}
+    assert {"cmdp w=0 first", "cmdp w=1 first", "cmdp w=0.25 every", "soft_penalty 0.1", "grpo"} <= settings
+    assert len(rows) == 2 * len(settings) == 20
+    task, cost = rows["2", "grpo"][5].split(" / ")
+    assert cost in ("0.00", "nan")  # grpo's advantage is all task reward (nan: no reward in any batch)
+    task, cost = (float(x) for x in rows["0.5", "cmdp w=1 first"][5].split(" / "))
+    assert 0 <= task <= 1 and 0 < cost <= 1
+    absorbed = float(rows["0.5", "cmdp w=1 first"][2])
+    assert 0 < absorbed <= 1 and absorbed >= float(rows["2", "cmdp w=1 first"][2])  # a tighter budget absorbs more
+    assert float(rows["0.5", "cmdp w=1 every"][7].split()[0]) > 0  # a gradient norm before clipping
+    trained = [line for line in r.stdout.splitlines() if line.startswith("| cmdp w=1 first (d = 2)")]
+    assert len(trained) == 1 and "→" in trained[0]  # the short training's row
+    trial_row = [line for line in r.stdout.splitlines() if line.startswith("| trial0 |")]
+    assert len(trial_row) == 1 and "| 0.5 | every |" in trial_row[0] and "0.90 → 0.60" in trial_row[0]
+    assert "cmdp's absorbing reward" in (tmp_path / "ar.md").read_text()

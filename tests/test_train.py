@@ -45,7 +45,8 @@ def test_each_method_trains_a_few_steps_and_writes_its_outputs(tmp_path, cache, 
 def test_cmdp_trains_with_every_cost_and_kind(tmp_path, cache, cost, kind):
     # a low budget so that completions violate and the informative reward / pathwise term are exercised
     cfg = tiny_cfg(tmp_path, "method=cmdp", f"constraint.cost={cost}", f"constraint.kind={kind}",
-                   "constraint.threshold=0.5", "eval.at_start=false", "scoring.chunk=7", cache=cache)
+                   "constraint.threshold=0.5", "method.informative=1", "eval.at_start=false", "scoring.chunk=7",
+                   cache=cache)
     run = tmp_path / "run"
     run.mkdir()
     summary = train(cfg, run)
