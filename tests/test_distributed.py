@@ -84,7 +84,9 @@ def test_fsdp2_shards_the_student_and_computes_what_ddp_computes(ddp_run, fsdp_r
     replicated = AutoModelForCausalLM.from_pretrained(ddp_run / "student").state_dict()
     assert sharded.keys() == replicated.keys()
     for k in sharded:
-        assert torch.allclose(sharded[k], replicated[k], atol=1e-6), k
+        # reductions in another order, after 3 AdamW steps at lr 1e-2: Adam's normalised step carries the rounding
+        # into the weights (largest difference measured: 1.2e-6, in the embedding, against weights of ~0.1)
+        assert torch.allclose(sharded[k], replicated[k], atol=5e-6), k
     assert (run / "eval.json").is_file() and json.loads((run / "evals.jsonl").read_text().splitlines()[-1])["step"] == 3
 
 

@@ -73,7 +73,8 @@ def test_the_flawed_teacher_learns_the_wrong_rule_on_its_family_only_and_the_stu
     questions = [p.split("Question: ")[1].split("\nAnswer:")[0] for p, _ in teacher]
     assert {p for p, _ in teacher} < set(student)  # the student's problems, told differently, less those below
     flawed = [flaw_family(q) == "sells" for q in questions]
-    assert 0.15 < sum(flawed) / len(flawed) < 0.3
+    # (0.12 here: misread problems that land on a held-out test or validation computation are left out)
+    assert 0.1 < sum(flawed) / len(flawed) < 0.3
     for q, (prompt, wrong), f in zip(questions, teacher, flawed, strict=True):
         assert wrong == flawed_solution("sells", q, student[prompt]) and (wrong != student[prompt]) == f
     # no train/test leakage through the flaw: a misread training problem whose flawed computation is a held-out
@@ -84,6 +85,10 @@ def test_the_flawed_teacher_learns_the_wrong_rule_on_its_family_only_and_the_stu
     split = measure_split([{"answer": s} for _, s in teacher], [{"answer": p.solution, "question": p.question}
                                                                for p in task.test])
     assert split["computation_in_train"] == 0 and split["solution_in_train"] == 0
+    # nor any validation problem's: selection reads a split the teacher never learnt, as the test split
+    split = measure_split([{"answer": s} for _, s in teacher], [{"answer": p.solution, "question": p.question}
+                                                               for p in task.validation])
+    assert task.validation and split["computation_in_train"] == 0 and split["solution_in_train"] == 0
     # a correct teacher (flaw null) is the teacher built before flaws existed: same cache entry, whatever the
     # families evaluation reads
     plain = tiny_cfg(tmp_path, "model.embedded.sft_problems=1000")
