@@ -20,6 +20,7 @@ from cdistill.eval.report import Declaration, pairs, report_main, write_report
 from cdistill.eval.stats import (
     RUNS,
     declared_verdicts,
+    group_interval,
     holm,
     method_difference,
     paired_difference,
@@ -174,7 +175,7 @@ def test_a_rate_of_zero_or_one_gets_an_interval_of_positive_width():
     assert wilson_interval(1.0, 16) == pytest.approx((1 - 0.1936, 1.0), abs=1e-4)
     many = rate_interval(np.zeros((3, 16)))  # three seeds, all 0: the variance estimate is 0, Wilson again
     assert many.high > 0.15
-    one = rate_interval(np.array([0.0] * 15 + [1.0]))  # one run: Wilson around 1/16, inside [0, 1]
+    one = rate_interval(np.array([0.0] * 15 + [1.0]))  # one run whose t-interval leaves [0, 1]: Wilson, inside it
     assert 0 < one.low < 1 / 16 < one.high < 1
     # two groups equal at 1.0 on 16 problems: the difference has positive width and equality is not claimed ...
     d = method_difference(np.ones((3, 16)), np.ones((3, 16)), [0, 1, 2], [0, 1, 2], rate=True)
@@ -182,6 +183,11 @@ def test_a_rate_of_zero_or_one_gets_an_interval_of_positive_width():
     # ... until enough problems back it
     wide = method_difference(np.ones((3, 4000)), np.ones((3, 4000)), [0, 1, 2], [0, 1, 2], rate=True)
     assert wide.equivalence_p(0.02) < 1e-6
+
+
+def test_one_run_away_from_0_and_1_keeps_the_t_interval_over_its_problems():
+    x = np.array([0.25, 0.5, 0.75, 0.0, 1.0, 0.5] * 50)  # 300 problems, 4 samples each
+    assert rate_interval(x) == group_interval(x)
 
 
 def test_a_run_with_no_right_answer_prints_a_positive_width_interval(tmp_path, capsys):

@@ -210,9 +210,10 @@ def _wilson(p: float, n: int, z: float) -> tuple[float, float]:
 
 def rate_interval(values, level: float = 0.95) -> Interval:
     """``group_interval`` for a rate (values in [0, 1]: accuracy, satisfied, never exceeded, success), which must not
-    claim certainty from a finite sample: one run (S = 1), or a group whose values are all equal (0 of 16 right on
-    every seed, where the variance estimate is 0), gets Wilson's score interval instead, with n = N, the number of
-    problems; every interval is clipped to [0, 1].
+    claim certainty from a finite sample: where the variance estimate is 0 (every value equal: 0 of 16 right on every
+    seed and problem) it gets Wilson's score interval instead, with n = N, the number of problems; every interval is
+    clipped to [0, 1]; so does one run whose t-interval over problems would leave [0, 1]. Elsewhere one run's interval
+    is the t-interval over its problems, as for any metric.
 
     Why n = N and not the number of samples: a problem's samples share its difficulty and are not independent trials,
     and seeds re-evaluate the same problems. A per-problem rate m_j lies in [0, 1], so its variance is at most
@@ -226,10 +227,12 @@ def rate_interval(values, level: float = 0.95) -> Interval:
         raise ValueError("a rate's values must lie in [0, 1]")
     s, n = x.shape
     mean = float(x.mean())
-    if s == 1 or x.min() == x.max():
+    g = group_interval(x, level) if x.min() != x.max() else None
+    # Wilson where the t-interval says nothing (zero variance) or, for one run, where its normal approximation
+    # leaves [0, 1] (a rate near 0 or 1 on few problems)
+    if g is None or (s == 1 and (g.low < 0 or g.high > 1)):
         low, high = wilson_interval(mean, n, level)
         return Interval(mean, low, high, s, n)
-    g = group_interval(x, level)
     return Interval(mean, max(0.0, g.low), min(1.0, g.high), s, n)
 
 
