@@ -105,13 +105,13 @@ def _train(cfg: DictConfig):
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")) and cfg.eval.get("split", "test") != "validation":
+    tuning = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))  # a trial of a tuning study (conf/tune/)
+    if tuning and cfg.eval.get("split", "test") != "validation":
         raise UserError("a tuning sweep (hydra/sweeper=optuna) must be scored on the validation split, never on "
                         "test: set eval.split=validation (conf/tune/ does)")
     if requeued(run_dir, cfg) and not cfg.resume and not (run_dir / "summary.json").is_file():
         with open_dict(cfg):  # a run stopped by a signal, or a job put back in the queue, continues where it stopped
             cfg.resume = "auto"
-    tuning = "optuna" in str(hydra_cfg.sweeper.get("_target_", ""))
     if tuning and cfg.resume == "auto" and not cfg.overwrite and failed_same_trial(run_dir, cfg):
         print(f"[{cfg.method.name}] {run_dir} failed before under this configuration: its score is {FAILED}")
         return FAILED
