@@ -13,6 +13,10 @@ import numpy as np
 import torch
 from hydra.utils import to_absolute_path
 
+# the dtypes a config may name, for model weights and for autocast: here, below models.loading, so that autocast
+# needs no model code
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 def pick_device(name: str) -> str:
     if name == "auto":
@@ -39,8 +43,6 @@ def autocast(cfg, device: str):
     name = cfg.get("autocast")
     if not name:
         return contextlib.nullcontext()
-    from cdistill.models.loading import DTYPES
-
     if name not in DTYPES:
         raise ValueError(f"unknown autocast dtype {name!r}; expected bfloat16, float16 or null")
     return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=DTYPES[name])

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cdistill.errors import fail
 from cdistill.eval.plots import plot_curves, plot_families, plot_pareto
 from cdistill.eval.replicates import Group, finished_runs, group_runs
 from cdistill.eval.stats import (
@@ -624,8 +625,6 @@ def to_html(root: Path, md: str) -> str:
 
 
 def report_main(argv: list[str]) -> None:
-    from cdistill.cli import fail
-
     class Parser(argparse.ArgumentParser):
         def error(self, message):  # one line, as every other command's errors (argparse prints usage first)
             fail(f"{message}; usage: cdistill report <sweep or runs directory>")

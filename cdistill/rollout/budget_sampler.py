@@ -14,7 +14,7 @@ from cdistill.models.forward import Sequences, cache_of, with_cache
 from cdistill.objectives.constraints import running_step
 from cdistill.objectives.costs import COSTS
 from cdistill.objectives.masks import completion_mask
-from cdistill.rollout.sampling import Rollout
+from cdistill.rollout.types import Rollout
 
 
 @dataclass

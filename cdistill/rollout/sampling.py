@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
@@ -11,16 +10,8 @@ from transformers import GenerationConfig
 from cdistill.models.budget_input import has_budget_input
 from cdistill.models.forward import Sequences
 from cdistill.objectives.masks import completion_mask
-
-
-@dataclass
-class Rollout:
-    seq: Sequences
-    texts: list[str]  # decoded completions, EOS and padding stripped
-    group_size: int
-    # [B, T] the log-prob the sampling engine drew each token with, when it is not the trainer's own
-    # forward (vLLM); None for the HF backend, whose sampler is the trained model itself
-    sampler_logp: torch.Tensor | None = None
+from cdistill.rollout.budget_sampler import generate_with_budget
+from cdistill.rollout.types import Rollout  # and from here, for the modules that import it from sampling
 
 
 def generation_config(tokenizer, max_new_tokens: int, temperature: float, top_p: float, greedy: bool,
@@ -53,8 +44,6 @@ def generate(model, tokenizer, prompts: list[str], n_samples: int, gen: Generati
     if has_budget_input(model):
         if budget is None:
             raise ValueError("a budget-conditioned student needs the teacher to track its budget while sampling")
-        from cdistill.rollout.budget_sampler import generate_with_budget
-
         return generate_with_budget(model, tokenizer, prompts, n_samples, gen, budget, device, add_special_tokens)
     gen = copy.copy(gen)
     gen.num_return_sequences = n_samples
