@@ -3,6 +3,8 @@
 For each problem both runs answered, the judge sees (A, B) and then (B, A). A run wins a problem only when
 both orders prefer it; any other pair of verdicts is a tie. A judgement that could not be obtained (the
 endpoint failed after its retries, or the reply had no verdict) is recorded as ``failed``, never as a tie.
+A failure that no retry and no other problem can fix (no key, a refused key, a host that does not resolve, a
+wrong URL or model) ends the judging at once with :class:`JudgeSetupError`.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cdistill.jsonl import read_jsonl
 
@@ -23,6 +27,11 @@ _VERDICT = re.compile(r"\[\[\s*(1|2|tie)\s*\]\]", re.IGNORECASE)
 
 class JudgeError(RuntimeError):
     """The judge could not produce a verdict (endpoint down, timed out, unparseable reply)."""
+
+
+class JudgeSetupError(JudgeError):
+    """A failure of the judge's settings rather than of one request: every problem would fail the same way, so
+    judging stops at the first one instead of spending retries on all of them."""
 
 
 def parse_verdict(text: str) -> str:
@@ -45,8 +54,41 @@ class OpenAIJudge:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        parts = urlsplit(cfg.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # urllib would refuse it with a ValueError that the retry loop reads as a malformed reply
+            raise JudgeSetupError(f"judge.base_url={cfg.base_url} is not an http(s) URL "
+                                  "(e.g. https://api.openai.com/v1)")
+        self.host = parts.hostname
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self.key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
+        self.key = ""
+        if cfg.api_key_env:
+            self.key = os.environ.get(cfg.api_key_env, "")
+            if not self.key:
+                raise JudgeSetupError(f"judge.api_key_env={cfg.api_key_env}: that environment variable is not set; "
+                                      "export the key in it, or set judge.api_key_env=null for an endpoint that "
+                                      "needs no key")
+
+    def _refused(self, e: urllib.error.HTTPError) -> JudgeSetupError | None:
+        """The error that ends judging for an HTTP status that says the settings are wrong, else None."""
+        if e.code not in (401, 403, 404):
+            return None
+        got = f"{self.url} answered HTTP {e.code}"
+        try:
+            detail = " ".join(e.read().decode(errors="replace").split())[:160]
+        except (OSError, ValueError):
+            detail = ""
+        got += f" ({detail})" if detail else ""
+        key = (f"the key in ${self.cfg.api_key_env} (judge.api_key_env)" if self.cfg.api_key_env
+               else "judge.api_key_env (null: no key was sent)")
+        if e.code == 401:
+            return JudgeSetupError(f"{got}: check {key}")
+        if e.code == 403:
+            return JudgeSetupError(f"{got}: check {key} and that it may use judge.model={self.cfg.model}")
+        # 404: the URL and the model are the same for every request, so a missing route or model fails them all;
+        # a problem of one prompt (too long, refused content) comes back as 400, which stays per problem
+        return JudgeSetupError(f"{got}: check judge.base_url={self.cfg.base_url} (an OpenAI-compatible API usually "
+                               f"ends in /v1) and judge.model={self.cfg.model}")
 
     def __call__(self, prompt: str) -> str:
         body = json.dumps({
@@ -65,14 +107,24 @@ class OpenAIJudge:
                 with urllib.request.urlopen(req, timeout=self.cfg.timeout_s) as resp:
                     return json.loads(resp.read())["choices"][0]["message"]["content"]
             except urllib.error.HTTPError as e:
+                fatal = self._refused(e)
+                if fatal is not None:
+                    raise fatal from None
                 last = f"HTTP {e.code} from {self.url}"
-                if e.code in (400, 401, 403, 404):  # the request itself is wrong: retrying cannot help
+                if e.code == 400:  # this request is wrong (too long a prompt?): retrying cannot help, others may pass
                     break
             except (urllib.error.URLError, TimeoutError, OSError) as e:
-                last = f"cannot reach {self.url}: {getattr(e, 'reason', e)}"
+                reason = getattr(e, "reason", e)
+                # EAI_AGAIN is the resolver's own "try again" (a DNS server that did not answer): retried like a
+                # refused or reset connection; any other lookup failure (no such name) will not change by retrying
+                if isinstance(reason, socket.gaierror) and reason.errno != getattr(socket, "EAI_AGAIN", None):
+                    raise JudgeSetupError(f"the judge's host {self.host} does not resolve ({reason.strerror}): check "
+                                          f"judge.base_url={self.cfg.base_url} (or this machine's network)") from None
+                last = f"cannot reach {self.url}: {reason}"
             except (KeyError, IndexError, ValueError) as e:
                 last = f"malformed reply from {self.url}: {e}"
-        raise JudgeError(f"{last} (after {self.cfg.retries + 1} attempts)")
+        n = attempt + 1  # fewer than retries + 1 after a 400
+        raise JudgeError(f"{last} (after {n} attempt{'s' * (n != 1)})")
 
 
 class HFJudge:
@@ -140,6 +192,8 @@ def judge_runs(judge, cfg, run_a: Path, run_b: Path, n_problems: int | None = No
             rec["verdict_ab"] = parse_verdict(judge(cfg.template.format(question=q, solution_1=sa, solution_2=sb)))
             rec["verdict_ba"] = parse_verdict(judge(cfg.template.format(question=q, solution_1=sb, solution_2=sa)))
             rec["winner"] = combine(rec["verdict_ab"], rec["verdict_ba"])
+        except JudgeSetupError:
+            raise  # the next problems would fail the same way
         except JudgeError as e:
             rec["winner"], rec["error"] = "failed", str(e)
         records.append(rec)
