@@ -173,7 +173,9 @@ def run_train(args: list[str], log: Path, what: str) -> None:
             for s, handler in before.items():
                 signal.signal(s, handler)
     if stopped:
-        raise Stopped(f"stopped by {signal.Signals(stopped[0]).name} during {what} (the run wrote a checkpoint)")
+        # the run's own last line says whether it finished its step and wrote a checkpoint, or stopped at once
+        said = f" ({last_error.removeprefix('cdistill: ')})" if last_error else ""
+        raise Stopped(f"stopped by {signal.Signals(stopped[0]).name} during {what}{said}")
     if code != 0:
         raise ProtocolError(f"{what} failed (exit {code}): {last_error or 'see the log'}; log: {log}")
 

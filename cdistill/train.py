@@ -31,7 +31,17 @@ from cdistill.models.loading import Components, build_components, resolve_model_
 from cdistill.models.parallel import Dist, Sharded, StudentForward, write_rank_state
 from cdistill.objectives import MicroBatch, Scored, clipped_policy_loss, truncated_importance_weights
 from cdistill.optim import build_optimizer, build_scheduler
-from cdistill.preemption import MARKER, Preempted, Preemption, command_of, mark
+from cdistill.preemption import (
+    GRACE_KEY,
+    MARKER,
+    Preempted,
+    Preemption,
+    StopAtOnce,
+    StoppedAtOnce,
+    checkpoint_step,
+    command_of,
+    mark,
+)
 from cdistill.rollout.engines import EngineSampler, build_sampler
 from cdistill.rollout.sampling import Rollout, generation_config
 from cdistill.rollout.source import Source
@@ -94,28 +104,36 @@ def train(cfg, run_dir: Path) -> dict:
     # A cluster's stop signal (cdistill.preemption) is recorded from the start: one during set-up (minutes of
     # model loading on real models) stops the run before its first step, with nothing new to save; one during a
     # step stops it after that step, with a checkpoint of it; one during the final save and evaluation is let
-    # pass, so that the finished run ends as finished instead of losing that work.
-    with Preemption() as preemption:
-        run = set_up(cfg, run_dir)
-        signum = preemption.requested(run.dist)
-        if signum is not None:  # before the start-of-run evaluations, which take minutes on real models too
-            path, saved = (run.resume[0], run.resume[2]) if run.resume else (None, {"step": 0})
-            stop(run, LoopState(saved["step"], last_checkpoint=path), preemption, signum, in_set_up=True)
-        state = start_or_resume(run)
-        signum = preemption.requested(run.dist)
-        if signum is not None:
-            stop(run, state, preemption, signum, in_set_up=True)
-        steps, started = cfg.optim.steps, time.time()
-        bar = tqdm(range(state.step + 1, steps + 1), desc=run.method.name, disable=not cfg.logging.progress,
-                   mininterval=1.0, initial=state.step, total=steps)
-        for step in bar:
-            run_step(run, state, step, bar)
+    # pass, so that the finished run ends as finished instead of losing that work. None of them is waited for
+    # longer than the grace period, and a second one stops the run at once.
+    with Preemption(OmegaConf.select(cfg, GRACE_KEY, default=None)) as preemption:
+        doing, done = "set-up", 0  # what a stop at once leaves unfinished, and how many steps were done before it
+        try:
+            run = set_up(cfg, run_dir)
             signum = preemption.requested(run.dist)
-            if signum is not None:  # the step is done: save it and stop
-                if state.last_checkpoint is None or state.last_checkpoint.name != f"{checkpoint.PREFIX}{step:06d}":
-                    save_checkpoint(run, state, step)
-                stop(run, state, preemption, signum)
-        summary = finish(run, state, train_seconds=time.time() - started)
+            if signum is not None:  # before the start-of-run evaluations, which take minutes on real models too
+                path, saved = (run.resume[0], run.resume[2]) if run.resume else (None, {"step": 0})
+                stop(run, LoopState(saved["step"], last_checkpoint=path), preemption, signum, in_set_up=True)
+            state = start_or_resume(run)
+            signum = preemption.requested(run.dist)
+            if signum is not None:
+                stop(run, state, preemption, signum, in_set_up=True)
+            steps, started = cfg.optim.steps, time.time()
+            bar = tqdm(range(state.step + 1, steps + 1), desc=run.method.name, disable=not cfg.logging.progress,
+                       mininterval=1.0, initial=state.step, total=steps)
+            for step in bar:
+                doing, done = f"step {step}", step - 1
+                run_step(run, state, step, bar)
+                signum = preemption.requested(run.dist)
+                if signum is not None:  # the step is done: save it and stop
+                    if (state.last_checkpoint is None
+                            or state.last_checkpoint.name != f"{checkpoint.PREFIX}{step:06d}"):
+                        save_checkpoint(run, state, step)
+                    stop(run, state, preemption, signum)
+            doing, done = "the final save and evaluation", steps
+            summary = finish(run, state, train_seconds=time.time() - started)
+        except StopAtOnce as halt:
+            stop_at_once(cfg, run_dir, preemption, halt, doing, done)
     if preemption.signum is not None:  # it came after the last step's check
         log.warning("%s came while the run was finishing: it finished first", signal.Signals(preemption.signum).name)
     return summary
@@ -130,6 +148,22 @@ def stop(run: Run, state: LoopState, preemption: Preemption, signum: int, in_set
     run.dist.barrier()
     raise Preempted(signum, state.step, state.last_checkpoint, run.run_dir, in_set_up=in_set_up,
                     hand_over=preemption.hand_over(signum))
+
+
+def stop_at_once(cfg, run_dir: Path, preemption: Preemption, halt: StopAtOnce, doing: str, done: int) -> NoReturn:
+    """End the run in the middle of ``doing``, with no new checkpoint (the state in the middle of a step is not
+    one to save) and no barrier (the other ranks may be in a collective this rank left): the newest checkpoint on
+    disk is what ``resume=auto`` continues from, so the marker names it, from whichever rank stops first.
+
+    The checkpoint is read from the directory, not from the loop's state: a checkpoint interrupted after it was
+    sealed (while older ones were pruned) exists although the loop never learnt of it."""
+    newest = checkpoint.complete(run_dir)
+    path = newest[-1] if newest else None
+    continues = path is not None or done == 0
+    if continues:
+        mark(run_dir, halt.signum, checkpoint_step(path) if path else 0, path, command_of(cfg))
+    raise StoppedAtOnce(halt, doing, done, path, run_dir,
+                        hand_over=preemption.hand_over(halt.first) if continues else None)
 
 
 def run_step(run: Run, state: LoopState, step: int, bar) -> None:

@@ -1,5 +1,6 @@
 """Preemption: a signal during set-up, during a step or while the run finishes; submitit's requeue (its local
-executor, driven through the Hydra launcher); one rank of two signalled alone."""
+executor, driven through the Hydra launcher); one rank of two signalled alone; a step that never ends, stopped at
+once by a second signal or by the end of the grace period."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import torch
 from helpers import TINY, tiny_cfg
 from safetensors.torch import load_file
 
+from cdistill.checkpoint import damage
 from cdistill.cli import requeued
-from cdistill.preemption import MARKER, Preempted, Preemption, command_of, mark
+from cdistill.preemption import MARKER, Preempted, Preemption, StopAtOnce, StoppedAtOnce, command_of, mark
 from cdistill.train import train
 
 # long enough to be stopped in the middle; only the stop writes a checkpoint
@@ -117,7 +120,9 @@ def test_submitits_signal_wins_over_a_later_sigterm(monkeypatch):
 
     with Preemption() as preemption:  # at a time limit Slurm warns with submitit's signal, then sends SIGTERM
         preemption._record(usr, None)
-        preemption._record(signal.SIGTERM, None)
+        with pytest.raises(StopAtOnce) as halt:  # the limit: no more waiting for the step
+            preemption._record(signal.SIGTERM, None)
+        assert halt.value.first == usr  # whose hand-over then requeues the job
         assert preemption.requested(Alone()) == usr
     with Preemption() as preemption:
         assert preemption.requested(Alone()) is None
@@ -285,3 +290,198 @@ def test_a_signal_to_one_rank_of_two_stops_both_after_the_same_step_and_the_reru
     for i in (0, 1):  # the same weights (a digest of them) and λ on every rank as without the stop
         assert (stopped / "ranks" / f"rank{i}.json").read_text() == (straight / "ranks" / f"rank{i}.json").read_text()
     assert records(stopped) == records(straight) and not (stopped / MARKER).exists()
+
+
+def test_after_a_stop_request_sigterm_or_sigint_stops_at_once_and_a_first_sigint_is_a_keyboard_interrupt(
+        survives_signals):
+    # Python's own handler, even where the tests run with SIGINT ignored (a background job without job control)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with Preemption(grace_seconds=None) as preemption:
+            with pytest.raises(KeyboardInterrupt):  # no stop pending: Ctrl-C does what it did before
+                os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # recorded: the step in progress goes on
+            os.kill(os.getpid(), signal.SIGUSR1)  # another warning changes nothing
+            assert preemption.first == signal.SIGTERM and not preemption.halted
+            with pytest.raises(StopAtOnce) as halt:
+                os.kill(os.getpid(), signal.SIGINT)
+            assert (halt.value.signum, halt.value.first, halt.value.grace) == (signal.SIGINT, signal.SIGTERM, None)
+            os.kill(os.getpid(), signal.SIGTERM)  # stopping already: a third signal does not cut that short
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with Preemption(grace_seconds=0), pytest.raises(StopAtOnce) as halt:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert halt.value.grace == 0
+
+
+def test_the_grace_timer_interrupts_a_wait_and_never_fires_once_the_run_is_over(survives_signals):
+    with pytest.raises(StopAtOnce) as halt, Preemption(grace_seconds=0.2):
+        os.kill(os.getpid(), signal.SIGTERM)
+        threading.Event().wait(120)  # a blocking wait in the main thread, as on a served teacher's answer
+    assert (halt.value.signum, halt.value.grace) == (signal.SIGTERM, 0.2)
+    with Preemption(grace_seconds=0.2):  # the run ends before its grace period does
+        os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.6)  # a SIGTERM from the timer now would meet the fixture's handler and fail the test
+
+
+
+def test_a_second_sigterm_while_the_stop_writes_its_checkpoint_leaves_the_one_before_whole(
+        tmp_path, cache, monkeypatch, survives_signals):
+    import cdistill.checkpoint as ck
+
+    signal_during(monkeypatch, "train_step", call=3)  # the stop's checkpoint of step 3 is then written
+    real = ck.write_checksums
+
+    def second_signal(path):
+        if path.name.endswith("step-000003"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(path)
+
+    monkeypatch.setattr(ck, "write_checksums", second_signal)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = tiny_cfg(tmp_path, "optim.steps=4", "checkpoint.every=2", "eval.at_start=false", cache=cache)
+    with pytest.raises(StoppedAtOnce) as stopped:
+        train(cfg, run)
+    ckpt = run / "checkpoints" / "step-000002"
+    assert str(stopped.value) == (f"stopped by a second SIGTERM without finishing step 3; checkpoint {ckpt} (step 2) "
+                                  f"is the newest: the same command with hydra.run.dir={run} continues from it")
+    assert stopped.value.exit_code == 75 and sorted(os.listdir(run / "checkpoints")) == ["step-000002"]
+    assert ck.damage(ckpt) is None and requeued(run, cfg)
+    assert json.loads((run / MARKER).read_text()) == {"signal": "SIGTERM", "step": 2, "checkpoint": str(ckpt),
+                                                      "command": command_of(cfg)}
+
+
+@pytest.mark.parametrize(("halt", "doing", "done", "ckpt", "submitit", "code", "said"), [
+    ((signal.SIGTERM, signal.SIGTERM, 0), "set-up", 0, None, False, 75,
+     "SIGTERM (checkpoint.grace_seconds=0: at once) without finishing set-up; no checkpoint yet: the same command "
+     "with hydra.run.dir=R starts it"),
+    ((signal.SIGTERM, signal.SIGUSR2, None), "step 7", 6, "R/checkpoints/step-000005", True, 75,
+     "SIGTERM after SIGUSR2 without finishing step 7; checkpoint R/checkpoints/step-000005 (step 5) is the newest: "
+     "handed to submitit to requeue the job, which continues from it"),
+    ((signal.SIGINT, signal.SIGUSR1, None), "the final save and evaluation", 4, None, False, 130,
+     "SIGINT after SIGUSR1 without finishing the final save and evaluation; no checkpoint, so steps 1-4 are lost: "
+     "overwrite=true starts the run over"),
+])
+def test_a_stop_at_once_says_what_was_left_unfinished_and_what_a_rerun_continues_from(
+        halt, doing, done, ckpt, submitit, code, said):
+    stopped = StoppedAtOnce(StopAtOnce(*halt), doing, done, ckpt and Path(ckpt), Path("R"),
+                            hand_over=(lambda: None) if submitit else None)
+    assert (stopped.exit_code, str(stopped)) == (code, f"stopped by {said}")
+
+# Run by `python -c`: the CLI's train command with step HANG never ending. It stands for a rollout that does not
+# end (rollout.max_new_tokens=100000): like generate() between tokens, the loop comes back to Python all the time.
+NEVER_ENDS = """
+import sys, time
+import cdistill.train as tr
+from cdistill.cli import main
+real, hang = tr.train_step, int(sys.argv[1])
+def train_step(run, state, step):
+    if step == hang:
+        sys.stderr.write(f"step {step} never ends\\n")
+        sys.stderr.flush()
+        while True:
+            time.sleep(0.05)
+    return real(run, state, step)
+tr.train_step = train_step
+main(sys.argv[2:])
+"""
+
+
+def never_ending(tmp_path: Path, cache: Path, hang: int, *overrides: str) -> tuple[subprocess.Popen, Path, Path]:
+    """(the process, its run directory, its stderr): a CLI run whose step ``hang`` never ends."""
+    run, err = tmp_path / "run", tmp_path / "stderr.txt"
+    args = [*TINY, "eval.at_start=false", f"paths.cache={cache}", f"hydra.run.dir={run}", *overrides]
+    with err.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, "-c", NEVER_ENDS, str(hang), "train", *args], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=fh, text=True)
+    return proc, run, err
+
+
+def wait_for_line(proc: subprocess.Popen, err: Path, text: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while text not in err.read_text():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"no {text!r} (exit {proc.returncode}): {err.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def ended(proc: subprocess.Popen, err: Path) -> tuple[int, str]:
+    """(exit code, the one line that says why it stopped), failing the test if the run keeps waiting."""
+    try:
+        proc.wait(timeout=120)  # generous on a busy machine: the point is that it ends without SIGKILL
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"still running 120 s after the stop: {err.read_text()[-3000:]}") from None
+    (line,) = [ln for ln in err.read_text().splitlines() if ln.startswith("cdistill: stopped")]
+    return proc.returncode, line
+
+
+def intact_checkpoints(run: Path) -> list[str]:
+    """The checkpoints' names, after checking that every one is whole and that no partial one is left."""
+    found = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert all(name.startswith("step-") and damage(run / "checkpoints" / name) is None for name in found), found
+    return found
+
+
+def test_a_second_sigterm_stops_a_step_that_never_ends_and_the_same_command_continues_from_the_last_checkpoint(
+        tmp_path, cache):
+    overrides = ["optim.steps=4", "checkpoint.every=1", "checkpoint.grace_seconds=null"]  # no limit: only signals
+    proc, run, err = never_ending(tmp_path, cache, 3, *overrides)
+    wait_for_line(proc, err, "step 3 never ends")
+    os.kill(proc.pid, signal.SIGTERM)
+    wait_for_line(proc, err, "cdistill: SIGTERM received", timeout=120)
+    time.sleep(1)
+    assert proc.poll() is None  # the first one waits for the step
+    os.kill(proc.pid, signal.SIGTERM)
+    code, line = ended(proc, err)
+    ckpt = run / "checkpoints" / "step-000002"
+    assert (code, line) == (75, f"cdistill: stopped by a second SIGTERM without finishing step 3; checkpoint {ckpt} "
+                                f"(step 2) is the newest: the same command with hydra.run.dir={run} continues from it")
+    assert intact_checkpoints(run) == ["step-000001", "step-000002"]  # none written in the middle of the step
+    marker = json.loads((run / MARKER).read_text())
+    assert (marker["signal"], marker["step"], marker["checkpoint"]) == ("SIGTERM", 2, str(ckpt))
+
+    again = subprocess.run([sys.executable, "-m", "cdistill.cli", "train", *TINY, "eval.at_start=false",
+                            f"paths.cache={cache}", f"hydra.run.dir={run}", *overrides],
+                           capture_output=True, text=True, timeout=600, cwd=tmp_path)  # the same command
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from {ckpt} at step 3" in again.stdout + again.stderr
+    steps = [r["step"] for r in records(run) if "loss" in r]
+    assert steps == [1, 2, 3, 4] and (run / "summary.json").is_file() and not (run / MARKER).exists()
+
+
+def test_sigterm_stops_a_step_that_never_ends_by_itself_once_its_grace_period_is_over(tmp_path, cache):
+    proc, run, err = never_ending(tmp_path, cache, 2, "optim.steps=3", "checkpoint.every=0",
+                                  "checkpoint.grace_seconds=2")
+    wait_for_line(proc, err, "step 2 never ends")
+    os.kill(proc.pid, signal.SIGTERM)
+    code, line = ended(proc, err)
+    # no checkpoint to continue from: no marker (the same command is refused instead of starting over unasked),
+    # and the exit status of a process that SIGTERM ended
+    assert (code, line) == (128 + signal.SIGTERM, "cdistill: stopped by SIGTERM without finishing step 2 in its "
+                            "grace period (checkpoint.grace_seconds=2); no checkpoint, so step 1 is lost: "
+                            "overwrite=true starts the run over")
+    assert "at most 2 s: checkpoint.grace_seconds" in err.read_text()
+    assert not (run / MARKER).exists() and not (run / "checkpoints").exists()
+
+
+def test_sigint_after_sigterm_stops_a_step_that_never_ends_at_once(tmp_path, cache):
+    proc, run, err = never_ending(tmp_path, cache, 2, "optim.steps=3", "checkpoint.every=1",
+                                  "checkpoint.grace_seconds=null")
+    wait_for_line(proc, err, "step 2 never ends")
+    os.kill(proc.pid, signal.SIGTERM)
+    wait_for_line(proc, err, "cdistill: SIGTERM received", timeout=120)
+    os.kill(proc.pid, signal.SIGINT)  # Ctrl-C
+    code, line = ended(proc, err)
+    ckpt = run / "checkpoints" / "step-000001"
+    assert (code, line) == (75, f"cdistill: stopped by SIGINT after SIGTERM without finishing step 2; checkpoint "
+                                f"{ckpt} (step 1) is the newest: the same command with hydra.run.dir={run} "
+                                "continues from it")
+    assert intact_checkpoints(run) == ["step-000001"] and "KeyboardInterrupt" not in err.read_text()
+    assert json.loads((run / MARKER).read_text())["checkpoint"] == str(ckpt)
