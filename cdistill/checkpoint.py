@@ -47,6 +47,11 @@ SERVER_TRANSPORT = ("base_url", "api", "api_key_env", "timeout", "retries", "max
 
 
 def fingerprint(cfg) -> str:
+    return hashlib.sha256(json.dumps(_computed(cfg), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _computed(cfg) -> dict:
+    """What a run computes: its config less what may differ between a run and its continuation."""
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in VOLATILE:
         data.pop(key, None)
@@ -57,7 +62,24 @@ def fingerprint(cfg) -> str:
     else:
         for key in SERVER_TRANSPORT:
             teacher.get("server", {}).pop(key, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return data
+
+
+def differences(old, new, limit: int = 3) -> str:
+    """The settings in which two configs differ in what they compute, as ``key: old -> new`` (the first
+    ``limit``, then how many more)."""
+    def flat(node, prefix=""):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                yield from flat(v, f"{prefix}{k}.")
+        else:
+            yield prefix[:-1], node
+
+    a, b = dict(flat(_computed(old))), dict(flat(_computed(new)))
+    missing = object()
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))
+    shown = [f"{k}: {a.get(k, '(absent)')} -> {b.get(k, '(absent)')}" for k in keys[:limit]]
+    return "; ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def rng_state() -> dict:
@@ -240,8 +262,9 @@ def load(path: Path, cfg, rank: int = 0, world: int = 1) -> tuple[dict, dict]:
     written under another config or by another number of processes."""
     state = json.loads((path / "state.json").read_text())
     if state["fingerprint"] != fingerprint(cfg):
-        raise CheckpointError(f"{path} was written under a different configuration; resume with the run's own "
-                              "overrides (see its config.yaml) or start a new run directory")
+        raise CheckpointError(f"{path} was written under a different configuration{_which(path, state, cfg)}; "
+                              "resume with the run's own overrides (see its config.yaml) or start a new run "
+                              "directory")
     written_by = state.get("processes", 1)
     if written_by != world:
         raise CheckpointError(f"{path} was written by {written_by} process(es); resume it with {written_by}, "
@@ -251,6 +274,18 @@ def load(path: Path, cfg, rank: int = 0, world: int = 1) -> tuple[dict, dict]:
     if world > 1:  # this rank's own RNG states and prompt stream (and optimiser shard under FSDP)
         trainer.update(torch.load(path / f"rank{rank}.pt", weights_only=False))
     return trainer, state
+
+
+def _which(path: Path, state: dict, cfg) -> str:
+    """`` (key: old -> new; ...)``: how ``cfg`` differs from the config the checkpoint was written under, read from
+    the run's config.yaml when that is the very config (its fingerprint is the checkpoint's), else nothing."""
+    try:
+        saved = OmegaConf.load(Path(path).parent.parent / "config.yaml")
+    except (OSError, ValueError):
+        return ""
+    if fingerprint(saved) != state["fingerprint"]:
+        return ""
+    return f" ({differences(saved, cfg)})"
 
 
 def restore_logs(path: Path, run_dir: Path) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cdistill.errors import UserError, fail, say_error
+
 CONF_DIR = os.environ.get("CDISTILL_CONF", str(Path(__file__).resolve().parent.parent / "conf"))
 USAGE = """usage: cdistill <command> [overrides]
 
@@ -22,38 +24,53 @@ commands:
   protocol tune every method on validation, select, train fresh seeds, read test once, report the declared
            verdicts: cdistill protocol [dir=<study>] [trials=K ...] [-- train overrides, e.g. +exp=flawed_teacher]
 """
-
-class UserError(Exception):
-    """A problem with the user's input: reported in one line, exit code 2."""
+EXISTED: list[Path] = []  # an explicit hydra.run.dir that existed before this command (a refusal must keep it)
 
 
-def fail(msg: str, debug: bool = False, exc: BaseException | None = None, code: int = 2) -> None:
-    if debug or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        if exc is not None:
-            raise exc
-    say_error(f"cdistill: error: {msg}")
-    sys.exit(code)
+def discard_refused_output() -> None:
+    """A refused command leaves nothing: Hydra made its output directory (``.hydra/``, ``<job>.log``) before any
+    of this command's checks ran. Removed only while it holds nothing else, with the empty directories above it
+    that Hydra made (``<run>/eval/``), never the working directory or one above it."""
+    import shutil
 
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-def say_error(line: str) -> None:
-    """``line`` on stderr in one write: under a multi-process launch every rank may report the same error at once,
-    and an unbuffered stream would write the text and its newline separately, interleaving the ranks' lines."""
-    try:
-        sys.stderr.flush()
-        os.write(sys.stderr.fileno(), (line + "\n").encode())
-    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (captured in tests)
-        print(line, file=sys.stderr)
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.RUN:  # a sweep's jobs share its directory; each job's refusal is its own line
+        return
+    out = Path(hc.runtime.output_dir).absolute()
+    ours = {".hydra", f"{hc.job.name}.log"}
+    if not out.is_dir() or not {p.name for p in out.iterdir()} <= ours:
+        return
+    for name in ours:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    if out in [p.absolute() for p in EXISTED]:
+        return
+    cwd = Path.cwd().absolute()
+    for d in [out, *out.parents][:4]:
+        if d == cwd or d in cwd.parents or any(d.iterdir()):
+            break
+        d.rmdir()
 
 
 def guarded(fn):
-    """Run ``fn``; known input errors become one line on stderr and exit code 2."""
+    """Run ``fn``; known input errors become one line on stderr and exit code 2, and leave nothing behind."""
 
     def wrapper(cfg: DictConfig):
+        try:
+            return checked(cfg)
+        except SystemExit as e:
+            if e.code == 2:
+                discard_refused_output()
+            raise
+
+    def checked(cfg: DictConfig):
         # imported here: `cdistill --help` and `cdistill report` should not pay for transformers
         from cdistill.eval.judge import JudgeError
         from cdistill.models import ModelError
         from cdistill.models.served import ServerError
-        from cdistill.preemption import EXIT_CODE as PREEMPTED_EXIT_CODE
         from cdistill.preemption import Preempted
         from cdistill.runtime import ResourceError, out_of_space
         from cdistill.tasks.base import TaskError
@@ -71,11 +88,11 @@ def guarded(fn):
             fail(str(e).splitlines()[0] if str(e) else type(e).__name__, debug, e)
         except (TrainingError, ResourceError, ServerError) as e:  # not the input's fault: exit 1, still one line
             fail(str(e).splitlines()[0], debug, e, code=1)
-        except Preempted as e:  # asked to stop (SIGTERM / SIGUSR1): a checkpoint is written, a rerun continues
+        except Preempted as e:  # on a signal: exit 75 when the same command continues the run, else 128 + signal
             say_error(f"cdistill: {e}")
             if e.hand_over is not None:  # a submitit job: its handler requeues it and exits (on its rank 0)
                 e.hand_over()
-            sys.exit(PREEMPTED_EXIT_CODE)
+            sys.exit(e.exit_code)
 
     return wrapper
 
@@ -191,9 +208,15 @@ def _eval(cfg: DictConfig):
         if cfg[key] is not None:
             OmegaConf.update(run_cfg, target, cfg[key])
     validate(run_cfg, command="eval")  # the run's config with this command's overrides (n_problems, samples, device)
-    checkpoint = cfg.checkpoint or str(run_dir / "student")
-    if not Path(checkpoint).is_dir():
+    checkpoint = Path(cfg.checkpoint or run_dir / "student")
+    if (checkpoint / "student").is_dir():  # a checkpoints/step-N directory: the student it holds
+        checkpoint = checkpoint / "student"
+    if not checkpoint.is_dir():
         raise UserError(f"no student checkpoint at {checkpoint}")
+    if not any((checkpoint / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise UserError(f"checkpoint={cfg.checkpoint or checkpoint}: no student there (no config.json); give a run's "
+                        "student/ directory or one of its checkpoints/step-N")
+    checkpoint = str(checkpoint)
     seed_everything(cfg.seed)
     parts = build_components(run_cfg, student_path=checkpoint)
     report, records = evaluate(parts, run_cfg, with_samples=True)
@@ -218,12 +241,13 @@ def _judge(cfg: DictConfig):
                                   progress=lambda xs: tqdm(xs, desc="judging", mininterval=2.0))
     out = Path(HydraConfig.get().runtime.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "judge.json").write_text(json.dumps(summary, indent=2))
     with (out / "judge_samples.jsonl").open("w") as fh:
         for r in records:
             fh.write(json.dumps(r) + "\n")
     if summary["failed_rate"] == 1.0:
+        # no judge.json: the report shows a run's newest one, which should stay its last real judgement
         raise UserError(f"every judgement failed ({records[0]['error']}); records in {out / 'judge_samples.jsonl'}")
+    (out / "judge.json").write_text(json.dumps(summary, indent=2))
     print(f"run_a vs run_b on {summary['n_problems']} problems (both orders): win {summary['win_rate']:.3f}  "
           f"loss {summary['loss_rate']:.3f}  tie {summary['tie_rate']:.3f}  failed {summary['failed_rate']:.3f}")
     print(f"wrote {out / 'judge.json'}")
@@ -268,6 +292,8 @@ def check_run_dir(overrides: list[str]) -> None:
     for o in overrides:
         if o.startswith("hydra.run.dir="):
             run_dir = Path(o.split("=", 1)[1])
+            if run_dir.exists():
+                EXISTED.append(run_dir)
             if (run_dir / "summary.json").is_file() and "overwrite=true" not in overrides:
                 fail(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
             existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
@@ -322,6 +348,72 @@ def check_groups(overrides: list[str]) -> None:
         for v in value.split(","):
             if v not in available:
                 fail(f"unknown {key} {v!r}; available: {', '.join(available)}")
+
+
+def check_keys(cmd: str, overrides: list[str]) -> None:
+    """A misspelt key without ``+`` (``optim.stepz=20``): Hydra refuses it in several lines with exit code 1 and
+    suggests ``+optim.stepz=``, which is refused in turn; here it is one line naming the nearest real key. Config
+    groups (``method=``, ``hydra/launcher=``), Hydra's own keys and ``+``/``~`` overrides are left to Hydra and
+    the schema."""
+    from cdistill.schema import settings, unknown_key
+
+    known = settings(cmd)
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    for o in overrides:
+        key, sep, _ = o.partition("=")
+        if not sep or o.startswith(("-", "+", "~")) or "/" in key or key in groups or key.split(".")[0] == "hydra" \
+                or key in known:
+            continue
+        fail(unknown_key(key, cmd))
+
+
+COMMAND_USAGE = {
+    "train": "cdistill train [key=value ...]  (-m: one run per combination of comma-separated values)",
+    "eval": "cdistill eval run_dir=<training run> [key=value ...]",
+    "judge": "cdistill judge run_a=<run> run_b=<run> [key=value ...]",
+    "protocol": "cdistill protocol [key=value ...] [-- overrides of every run it trains]",
+}
+
+
+def command_help(cmd: str, config_name: str, overrides: list[str]) -> None:
+    """``cdistill <cmd> --help``: the command's own settings, one line each, with their values under
+    ``overrides`` (``cdistill train +exp=gsm8k --help`` shows gsm8k's) and what each may hold."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from cdistill.schema import TABLES
+
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name, [o for o in overrides if not o.startswith("-")])
+    except HydraException as e:
+        fail(str(e).splitlines()[0])
+    table = TABLES[cmd]
+    shown = {}
+    for key in table:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        # another choice's setting (method=lagrangian's lr); `in` is false for a required value too
+        if not OmegaConf.is_dict(parent) or leaf not in parent.keys():
+            continue
+        if OmegaConf.is_missing(parent, leaf):
+            shown[key] = "(required)"
+            continue
+        value = parent[leaf]
+        shown[key] = json.dumps(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+    width = max(len(f"{k}={v}") for k, v in shown.items())
+    lines = [f"usage: {COMMAND_USAGE[cmd]}", "", "settings (value now, then what it may hold):"]
+    lines += [f"  {f'{k}={v}':<{width}}  {table[k].describe()}" for k, v in shown.items()]
+    if cmd == "train":
+        groups = [f"{g}=" + "|".join(sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml")))
+                  for g in ("method", "model", "task")]
+        exps = "|".join(sorted(p.stem for p in (Path(CONF_DIR) / "exp").glob("*.yaml")))
+        lines += ["", f"config groups: {'  '.join(groups)}  +exp={exps}",
+                  "(another method's or model's settings are listed once it is chosen: cdistill train "
+                  "method=lagrangian --help)"]
+    lines += ["", f"the whole composed config: cdistill {cmd} [overrides] --cfg job;  Hydra's own options: "
+              f"cdistill {cmd} --hydra-help"]
+    print("\n".join(lines))
 
 
 def quiet_libraries() -> None:
@@ -385,7 +477,11 @@ def main(argv: list[str] | None = None) -> None:
         PROTOCOL_EXTRA[:] = rest[cut + 1:]
         rest = rest[:cut]
     fn, config_name = commands[cmd]
+    if "--help" in rest or "-h" in rest:  # Hydra's would describe its own app, with every group of conf/
+        command_help(cmd, config_name, rest)
+        return
     rest = quote_paths(cmd, rest)
+    check_keys(cmd, rest)
     check_required(cmd, rest)
     if cmd == "train":
         check_groups(rest)

@@ -22,6 +22,14 @@ def validate(cfg, command: str = "train") -> None:
         if size is not None and size.hidden % size.heads:
             raise ConfigError(f"model.embedded.{role}.size.hidden={size.hidden} is not a multiple of its "
                               f"heads={size.heads}")
+    # an embedded model's context is known before it is built (minutes, the first time); the longest prompt only
+    # once the task is tokenised, where cdistill.models.loading.check_context reads every model's
+    for role in ("student", "teacher"):
+        size = cfg.model.get("embedded", {}).get(role, {}).get("size")
+        n = cfg.rollout.max_new_tokens
+        if cfg.model[role].name_or_path == f"embedded:{role}" and size is not None and n >= size.max_positions:
+            raise ConfigError(f"rollout.max_new_tokens={n} does not fit model.embedded.{role}.size.max_positions="
+                              f"{size.max_positions} with any prompt")
     flaw = cfg.model.get("embedded", {}).get("teacher", {}).get("flaw")
     if flaw is not None:  # checked again where the teacher is built; here before minutes of other set-up
         from cdistill.models.embedded import check_flaw
@@ -54,7 +62,8 @@ def validate(cfg, command: str = "train") -> None:
         return
     _rollout_backend(cfg.rollout, method)
     for role in ("student", "teacher"):
-        _model_address(cfg.model[role].name_or_path, f"model.{role}.name_or_path")
+        _model_address(cfg.model[role].name_or_path, f"model.{role}.name_or_path", cfg.model[role].get("gguf_file"))
+    _cache(cfg.paths.cache)
     q = cfg.model.teacher.get("quantization")
     if q:
         from cdistill.models.loading import ModelError, quantization_config
@@ -65,16 +74,47 @@ def validate(cfg, command: str = "train") -> None:
             raise ConfigError(f"model.teacher.quantization: {e}") from None
 
 
-def _model_address(name, key: str) -> None:
-    """A local path that does not exist, said as such (transformers would call it a malformed hub id). Hub ids
-    are ``name`` or ``org/name``; anything absolute, relative (``./``, ``../``, ``~``) or deeper is a path."""
+def _model_address(name, key: str, gguf_file: str | None = None) -> None:
+    """A local path that does not exist or holds no model, said as such before any model is loaded (transformers
+    would call the first a malformed hub id, and the second fails on its tokenizer, after the other model has
+    loaded). Hub ids are ``name`` or ``org/name``; anything absolute, relative (``./``, ``../``, ``~``) or deeper
+    is a path, and so is an existing directory."""
     from pathlib import Path
 
     if name.split(":")[0] in ("embedded", "package", "truncated"):
         return
-    local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
-    if local and not Path(name).expanduser().exists():
+    path = Path(name).expanduser()
+    local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or path.is_dir()
+    if not local:
+        return
+    if not path.exists():
         raise ConfigError(f"{key}: no such model directory {name}")
+    if not path.is_dir():
+        raise ConfigError(f"{key}: {name} is a file; give the directory that holds the model")
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            raise ConfigError(f"{key}: {name} holds no {gguf_file} (model.*.gguf_file)")
+    elif not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
+        raise ConfigError(f"{key}: {name} holds no model (no config.json)")
+
+
+def _cache(cache) -> None:
+    """``paths.cache`` must be a directory this run can make and write (embedded builds, teacher solutions), known
+    before minutes of set-up. Probed with a directory made and removed in it, or in the nearest existing one above:
+    permissions alone do not say whether /proc/x can be made."""
+    import os
+    from pathlib import Path
+
+    path = Path(cache).expanduser().absolute()
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"paths.cache: cannot create {cache}: {existing} is a file")
+    probe = existing / f".cdistill-probe-{os.getpid()}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise ConfigError(f"paths.cache: cannot create {cache} ({e.strerror or e})") from None
 
 
 def _device(device) -> None:

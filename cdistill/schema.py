@@ -42,6 +42,9 @@ class Flag:
     def problem(self, key, v):
         return None if isinstance(v, bool) else f"{key} must be true or false, got {_shown(v)}"
 
+    def describe(self) -> str:
+        return "true | false"
+
 
 @dataclass(frozen=True)
 class Whole:
@@ -56,6 +59,11 @@ class Whole:
             return f"{key} must be {' and '.join(['a whole number', *bounds]).replace('number and', 'number')}, " \
                    f"got {_shown(v)}"
         return None
+
+    def describe(self) -> str:
+        bounds = [] if self.lo is None else [f">= {self.lo}"]
+        return " and ".join(["whole number", *bounds, *([] if self.hi is None else [f"<= {self.hi}"])]).replace(
+            "number and", "number")
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,10 @@ class Real:
         high = self.hi is not None and (v >= self.hi if self.open_hi else v > self.hi)
         return f"{key} must be {self.range()}, got {v}" if low or high else None
 
+    def describe(self) -> str:
+        shown = "positive number" if self.range() == "positive" else f"number {self.range()}"
+        return shown + (" or inf" if self.unbounded else "")
+
     def range(self) -> str:
         if self.lo is None:
             return f"{'<' if self.open_hi else '<='} {self.hi:g}"
@@ -92,6 +104,9 @@ class Weight:
     def problem(self, key, v):
         return None if isinstance(v, bool) else NONNEGATIVE.problem(key, v)
 
+    def describe(self) -> str:
+        return "number >= 0 (true = 1, false = 0)"
+
 
 @dataclass(frozen=True)
 class OneOf:
@@ -101,6 +116,9 @@ class OneOf:
         if any(v == c and type(v) is type(c) for c in self.choices):
             return None
         return f"unknown {key} {_shown(v)}; expected one of {', '.join(_choice(c) for c in self.choices)}"
+
+    def describe(self) -> str:
+        return " | ".join(_choice(c) for c in self.choices)
 
 
 @dataclass(frozen=True)
@@ -115,6 +133,9 @@ class Text:
         missing = [h for h in self.holds if h not in v]
         return f"{key} must contain {', '.join(missing)}" if missing else None
 
+    def describe(self) -> str:
+        return "text" + (f" containing {', '.join(self.holds)}" if self.holds else "")
+
 
 @dataclass(frozen=True)
 class Maybe:
@@ -124,6 +145,9 @@ class Maybe:
 
     def problem(self, key, v):
         return None if v is None else self.spec.problem(key, v)
+
+    def describe(self) -> str:
+        return f"{self.spec.describe()} | null"
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,9 @@ class Seq:
             return f"{key} must be a list of {self.length or 'some'} values, got {_shown(v)}"
         return next((p for i, x in enumerate(v) if (p := self.item.problem(f"{key}[{i}]", x))), None)
 
+    def describe(self) -> str:
+        return f"list of {self.length or ''} ({self.item.describe()})".replace("of  (", "of (")
+
 
 @dataclass(frozen=True)
 class Section:
@@ -145,6 +172,9 @@ class Section:
     def problem(self, key, v):
         return None if isinstance(v, dict) else f"{key} must be a mapping of settings, got {_shown(v)}"
 
+    def describe(self) -> str:
+        return "mapping of the settings below"
+
 
 @dataclass(frozen=True)
 class Device:
@@ -152,6 +182,9 @@ class Device:
         ok = isinstance(v, str) and (v in ("auto", "cpu") or v == "cuda" or (
             v.startswith("cuda:") and v[5:].isdigit()))
         return None if ok else f"{key} must be auto, cpu or cuda[:N], got {_shown(v)}"
+
+    def describe(self) -> str:
+        return "auto | cpu | cuda[:N]"
 
 
 SEED = Whole(0, 2**31 - 1)  # numpy's seeds are unsigned 32-bit, and each process adds its rank
@@ -213,6 +246,7 @@ TRAIN: dict[str, object] = {
     "logging.wandb.mode": OneOf(("offline", "online", "disabled")), "logging.wandb.project": Text(),
     "logging.wandb.entity": Maybe(Text()),
     "checkpoint.every": Whole(0), "checkpoint.keep": Whole(0),  # keep=0: every checkpoint
+    "checkpoint.grace_seconds": Maybe(NONNEGATIVE),  # null: no limit
     "guards.max_bad_steps": COUNT,
     "resume": Maybe(Text()), "paths.cache": Text(), "seed": SEED, "device": Device(),
     "autocast": Maybe(OneOf(("bfloat16", "float16"))), "save_student": Flag(), "overwrite": Flag(), "debug": Flag(),
@@ -255,7 +289,7 @@ EVAL: dict[str, object] = {
 JUDGE: dict[str, object] = {
     "run_a": Text(), "run_b": Text(), "n_problems": Maybe(COUNT), "device": Device(), "debug": Flag(),
     "judge.backend": OneOf(("openai", "hf")), "judge.model": Text(), "judge.base_url": Text(),
-    "judge.api_key_env": Text(), "judge.timeout_s": POSITIVE, "judge.retries": Whole(0),
+    "judge.api_key_env": Maybe(Text()), "judge.timeout_s": POSITIVE, "judge.retries": Whole(0),
     "judge.backoff_s": NONNEGATIVE, "judge.max_new_tokens": COUNT, "judge.temperature": NONNEGATIVE,
     "judge.solution": OneOf(("greedy", "sample0")),
     "judge.template": Text(("{question}", "{solution_1}", "{solution_2}")),
@@ -302,7 +336,23 @@ def check(cfg, command: str, unknown: bool = True) -> None:
         if spec is None:
             if isinstance(value, dict) or not unknown:  # a plain mapping: its keys are checked one by one
                 continue
-            raise ConfigError(f"{key} is not a setting of cdistill {command} (a typo?)")
+            raise ConfigError(unknown_key(key, command))
         problem = spec.problem(key, value)
         if problem:
             raise ConfigError(problem)
+
+
+def settings(command: str) -> set[str]:
+    """Every key that ``command`` takes, and every section above one (``optim``, ``task.difficulty``)."""
+    keys = set(TABLES[command])
+    return keys | {k.rsplit(".", n)[0] for k in keys for n in range(1, k.count(".") + 1)}
+
+
+def unknown_key(key: str, command: str) -> str:
+    """``key`` refused as no setting of ``command``, with the nearest one that is (the commonest mistake is a
+    typo)."""
+    import difflib
+
+    near = difflib.get_close_matches(key, sorted(settings(command)), n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]}?" if near else "a typo?"
+    return f"{key} is not a setting of cdistill {command} ({hint})"

@@ -26,6 +26,7 @@ class FakeVLLM:
     def __init__(self, model, tokenizer, name: str = "teacher"):
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.faults: dict = {}
+        self.max_model_len = model.config.max_position_embeddings  # vLLM's default: the model's own context
         self.requests: list[dict] = []
         self.lock = threading.Lock()  # one forward at a time, as one engine
         handler = self._handler()
@@ -133,7 +134,7 @@ class FakeVLLM:
                     return self.send(503, {"error": "loading"})
                 if self.path == "/v1/models":
                     return self.send(200, {"object": "list", "data": [
-                        {"id": fake.name, "object": "model", "owned_by": "vllm"}]})
+                        {"id": fake.name, "object": "model", "owned_by": "vllm", "max_model_len": fake.max_model_len}]})
                 self.send(404, {"error": "not found"})
 
             def do_POST(self):

@@ -165,10 +165,20 @@ def test_through_the_command_line_any_setting_is_one_line_exit_2_before_anything
     assert code == 2 and len(lines) == 1, err[-2000:]
     assert lines[0].startswith("cdistill: error: ") and key in lines[0], lines[0]
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    # a refusal creates nothing: not the run directory Hydra made (.hydra/, cli.log), nor an eval's or judge's
+    made = {"train": [tmp_path / "run"], "eval": [tmp_path / "run" / "eval"], "judge": [tmp_path / "a" / "judge"],
+            "protocol": [tmp_path / "study"]}[command]
+    assert not any(p.exists() for p in made), [sorted(q.name for q in p.iterdir()) for p in made if p.exists()]
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["+optim.lrr=1"], "optim.lrr is not a setting of cdistill train (a typo?)"),
+    (["+optim.lrr=1"], "optim.lrr is not a setting of cdistill train (did you mean optim.lr?)"),
+    # without +, Hydra's own refusal (several lines, exit 1) is not what the user sees either
+    (["optim.stepz=20"], "optim.stepz is not a setting of cdistill train (did you mean optim.steps?)"),
+    (["constraint.treshold=5"], "constraint.treshold is not a setting of cdistill train (did you mean "
+                                "constraint.threshold?)"),
+    (["nonsense=1"], "nonsense is not a setting of cdistill train (a typo?)"),
+    (["task.n_trian=5"], "task.n_trian is not a setting of cdistill train (did you mean task.n_train?)"),
     (["task.difficulty.min_steps=3"], "task.difficulty.min_steps=3 is above task.difficulty.max_steps=2"),
     (["model.embedded.teacher.size.heads=3"], "model.embedded.teacher.size.hidden=128 is not a multiple of its "
                                               "heads=3"),
@@ -182,11 +192,16 @@ def test_through_the_command_line_any_setting_is_one_line_exit_2_before_anything
                                                "or the teacher to embedded:teacher"),
     (["task.use_chat_template=sometimes"], "unknown task.use_chat_template 'sometimes'; expected one of true, "
                                            "false, auto"),
+    # a directory that holds no model: named before any model loads (not transformers' cut-off tokenizer line)
+    (["model.student.name_or_path=/etc"], "model.student.name_or_path: /etc holds no model (no config.json)"),
+    (["model.teacher.name_or_path=/etc/hostname"], "model.teacher.name_or_path: /etc/hostname is a file; give the "
+                                                   "directory that holds the model"),
 ])
 def test_refusals_read_as_the_user_would_want(tmp_path, monkeypatch, capfd, overrides, message):
     monkeypatch.chdir(tmp_path)
     code, err = run(capfd, ["train", *overrides, "hydra.run.dir=run", "paths.cache=cache"])
     assert code == 2 and err.strip() == f"cdistill: error: {message}", err[-2000:]
+    assert list(tmp_path.iterdir()) == []  # nothing made: not even Hydra's run directory
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -200,6 +215,10 @@ def test_refusals_read_as_the_user_would_want(tmp_path, monkeypatch, capfd, over
     (["eval", "run_dir=typo"], "run_dir=typo is not a training run directory (no config.yaml there)"),
     (["eval", "run_dir="], "run_dir='' is not a training run directory (no config.yaml there)"),
     (["judge", "run_a=typo", "run_b=."], "run_a=typo: no such run directory"),
+    (["eval", "run_dir=.", "n_problem=3"], "n_problem is not a setting of cdistill eval (did you mean n_problems?)"),
+    (["judge", "run_a=.", "run_b=.", "judge.modle=x"], "judge.modle is not a setting of cdistill judge (did you mean "
+                                                        "judge.model?)"),
+    (["protocol", "trails=3"], "trails is not a setting of cdistill protocol (did you mean trials?)"),
 ])
 def test_every_command_refuses_missing_or_unknown_arguments_in_one_line(tmp_path, monkeypatch, capfd, argv, message):
     monkeypatch.chdir(tmp_path)
@@ -253,3 +272,64 @@ def test_a_multirun_job_directory_is_accepted_as_a_path_although_its_name_holds_
     assert code == 2 and err.strip() == f"cdistill: error: no student checkpoint at {job / 'student'}", err[-2000:]
     assert cli.quote_paths("train", ["hydra.run.dir=a/seed=0", "seed=0", "resume='b=c'"]) == [
         "hydra.run.dir='a/seed=0'", "seed=0", "resume='b=c'"]
+
+
+@pytest.mark.parametrize(("cache", "message"), [
+    ("/proc/cdistill_cache", "paths.cache: cannot create /proc/cdistill_cache (No such file or directory)"),
+    ("/etc/hostname/cache", "paths.cache: cannot create /etc/hostname/cache: /etc/hostname is a file"),
+])
+def test_a_cache_that_cannot_be_made_is_named_before_anything_is_built(tmp_path, monkeypatch, capfd, cache, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capfd, ["train", "hydra.run.dir=run", f"paths.cache={cache}"])
+    assert code == 2 and err.strip() == f"cdistill: error: {message}", err[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_that_transformers_cannot_load_is_refused_naming_its_setting(tmp_path, cache):
+    from helpers import tiny_cfg
+
+    from cdistill.models import ModelError
+    from cdistill.models.loading import build_components
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # a model directory in name, with no tokenizer and no weights
+    cfg = tiny_cfg(tmp_path, f"model.student.name_or_path={broken}", cache=cache)
+    with pytest.raises(ModelError, match=rf"^model.student.name_or_path={broken}: cannot load it \(Couldn't "
+                                         r"instantiate the backend tokenizer from one of: \(1\) a `tokenizers`"):
+        build_components(cfg)
+
+
+def test_a_generation_longer_than_the_models_context_is_refused_before_any_model_is_built(tmp_path, monkeypatch,
+                                                                                           capfd):
+    # the embedded models hold 256 positions: 100000 new tokens never end at the tests' sizes
+    monkeypatch.chdir(tmp_path)
+    code, err = run(capfd, ["train", "hydra.run.dir=run", "paths.cache=cache", "rollout.max_new_tokens=100000"])
+    assert code == 2 and err.strip() == (
+        "cdistill: error: rollout.max_new_tokens=100000 does not fit model.embedded.student.size.max_positions=256 "
+        "with any prompt"), err[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_longest_prompt_plus_the_generation_must_fit_each_models_context(tmp_path, cache):
+    from helpers import tiny_cfg
+
+    from cdistill.models import ModelError
+    from cdistill.models.loading import build_components, longest_prompt
+    from cdistill.tasks import build_task
+
+    cfg = tiny_cfg(tmp_path, cache=cache)
+    parts = build_components(cfg)  # builds (or reuses) the tiny models: their tokenizer and context
+    tokens, split, index = longest_prompt(parts.task, parts.tokenizer)
+    # brute force: every prompt of every split, tokenised one by one
+    task = build_task(cfg.task)
+    lengths = {(s, i): len(parts.tokenizer(task.prompt(p)).input_ids)
+               for s in ("train", "validation", "test") for i, p in enumerate(getattr(task, s))}
+    assert tokens == max(lengths.values()) and lengths[(split, index)] == tokens
+    fits = 256 - tokens  # model.embedded.*.size.max_positions
+    build_components(tiny_cfg(tmp_path, f"rollout.max_new_tokens={fits}", cache=cache))
+    with pytest.raises(ModelError, match=rf"^rollout.max_new_tokens={fits + 1}: the longest prompt \({split} problem "
+                                         rf"{index}, {tokens} tokens\) and {fits + 1} new tokens need 257 positions, "
+                                         r"and model.student.name_or_path=embedded:student holds 256; set "
+                                         rf"rollout.max_new_tokens to at most {fits}$"):
+        build_components(tiny_cfg(tmp_path, f"rollout.max_new_tokens={fits + 1}", cache=cache))

@@ -89,3 +89,68 @@ def test_a_seed_sweep_gets_one_directory_per_job_and_reports_one_row_per_setting
         [" method.penalty=1 ", " sum of logratio, read at d = 10 ", " 0,1,2 "]]
     assert all("[" in row.split("|")[5] for row in rows)  # sampled accuracy: a mean with its interval
     assert "6 runs in 2 groups" in r.stdout
+
+
+def _listed(out: str) -> dict[str, str]:
+    """``key=value`` of each setting line of a command's --help."""
+    return dict(line.split()[0].split("=", 1) for line in out.splitlines() if line.startswith("  ") and "=" in line)
+
+
+def test_each_commands_help_lists_its_own_settings_one_line_each_and_where_the_full_tree_is(tmp_path):
+    from cdistill.schema import TABLES
+
+    for command in ("eval", "judge", "protocol"):
+        r = cdistill(command, "--help", cwd=tmp_path)
+        assert r.returncode == 0 and not r.stderr.strip(), r.stderr[-2000:]
+        listed = _listed(r.stdout)
+        assert set(listed) == set(TABLES[command]), command  # every setting, and nothing else
+        assert f"cdistill {command} [overrides] --cfg job" in r.stdout
+    assert _listed(cdistill("eval", "--help").stdout)["run_dir"] == "(required)"  # not "run_dir is required"
+    r = cdistill("train", "--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train = _listed(r.stdout)
+    assert train["constraint.threshold"] == "10.0" and train["method.name"] == '"cmdp"'
+    assert not any(k.startswith(("judge", "accelerate", "run_a", "run_dir")) for k in train)  # other commands'
+    assert "Hydra" not in r.stdout.splitlines()[0]  # its banner described Hydra's app, with every conf/ group
+    # the settings under the overrides given with --help: another method's, another task's
+    chosen = _listed(cdistill("train", "method=lagrangian", "+exp=gsm8k", "--help").stdout)
+    assert chosen["method.lr"] == "0.05" and chosen["task.name"] == '"gsm8k"' and "method.penalty_on" not in chosen
+    assert list(tmp_path.iterdir()) == []  # help creates no output directory
+
+
+def test_a_refused_command_leaves_no_output_directory_behind(tmp_path):
+    # Hydra makes outputs/runs/<time>_<method>_d<d>/ (.hydra/, cli.log) before any of cdistill's checks run
+    r = cdistill("train", "optim.steps=0", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "cdistill: error: optim.steps must be a whole number of at " \
+                                                     "least 1, got 0", r.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    (run / "notes.txt").write_text("mine\n")
+    r = cdistill("eval", f"run_dir={run}", "n_problems=0", cwd=tmp_path)
+    assert r.returncode == 2 and "n_problems" in r.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]  # no eval/<time>/, the rest kept
+    # an explicit run directory that held something else stays, with what it held
+    r = cdistill("train", "optim.steps=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert r.returncode == 2 and {"config.yaml", "notes.txt"} <= {p.name for p in run.iterdir()}
+
+
+def test_eval_takes_a_checkpoint_directory_and_names_what_to_pass_otherwise(tmp_path, cache):
+    from helpers import tiny_cfg
+
+    from cdistill.checkpoint import complete
+    from cdistill.train import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    train(tiny_cfg(tmp_path, "checkpoint.every=1", "eval.at_start=false", cache=cache), run)
+    step = complete(run)[0]  # checkpoints/step-000001: the student sits in its student/
+    r = cdistill("eval", f"run_dir={run}", f"checkpoint={step}", "n_problems=2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (out,) = (run / "eval").glob("*/eval.json")
+    assert json.loads(out.read_text())["n_problems"] == 2
+    r = cdistill("eval", f"run_dir={run}", f"checkpoint={run / 'checkpoints'}")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        f"cdistill: error: checkpoint={run / 'checkpoints'}: no student there (no config.json); give a run's "
+        "student/ directory or one of its checkpoints/step-N"), r.stderr[-2000:]

@@ -118,15 +118,22 @@ def test_a_preempted_run_checkpoints_its_step_exits_75_and_a_requeued_rerun_ends
     assert records(straight) == records(stopped)
 
 
-def test_resume_refuses_a_checkpoint_written_under_another_config(tmp_path, cache):
+def test_resume_refuses_a_checkpoint_written_under_another_config_and_names_the_settings_that_differ(tmp_path, cache):
     run = tmp_path / "run"
     run.mkdir()
     cfg = tiny_cfg(tmp_path, "optim.steps=2", "checkpoint.every=1", "eval.at_start=false", cache=cache)
     train(cfg, run)
     ckpt = checkpoint.complete(run)[-1]
-    other = tiny_cfg(tmp_path, "optim.steps=2", "optim.lr=1e-3", f"resume={ckpt}", cache=cache)
-    with pytest.raises(checkpoint.CheckpointError, match="written under a different configuration"):
+    other = tiny_cfg(tmp_path, "optim.steps=2", "optim.lr=1e-3", "eval.at_start=false", f"resume={ckpt}",
+                     cache=cache)
+    # the refusal names the setting that differs, with the value the checkpoint was written under
+    with pytest.raises(checkpoint.CheckpointError, match=rf"written under a different configuration \(optim.lr: "
+                       rf"{cfg.optim.lr} -> 0.001\); "):
         train(other, run)
+    several = tiny_cfg(tmp_path, "optim.steps=2", "optim.lr=1e-3", "seed=7", "eval.at_start=false", f"resume={ckpt}",
+                       cache=cache)
+    with pytest.raises(checkpoint.CheckpointError, match=r"\(optim.lr: .* -> 0.001; seed: 0 -> 7\)"):
+        train(several, run)
     # volatile keys (logging, checkpoint cadence) are not part of the fingerprint
     same = tiny_cfg(tmp_path, "optim.steps=2", "checkpoint.every=1", "logging.progress=true", f"resume={ckpt}",
                     "eval.at_start=false", cache=cache)

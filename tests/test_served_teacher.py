@@ -324,3 +324,20 @@ def test_with_the_whole_vocabulary_as_its_top_k_a_served_teacher_trains_as_the_t
         for key in ("loss", "grad_norm", "divergence_mean"):
             k = key if key in x else f"offpolicy/{key}"
             assert y[k] == pytest.approx(x[k], rel=1e-3, abs=1e-4), key
+
+
+def test_a_served_teacher_shorter_than_prompt_plus_generation_is_refused_before_the_student_loads(
+        tmp_path, cache, embedded, monkeypatch):
+    from cdistill.models import ModelError, loading
+
+    _, teacher, tok = embedded
+    with FakeVLLM(teacher, tok) as fake:
+        fake.max_model_len = 140  # what vLLM lists for a model started with --max-model-len 140
+        cfg = tiny_cfg(tmp_path, "model.teacher.backend=server", f"model.teacher.server.base_url={fake.base_url}",
+                       "model.teacher.server.model=teacher", "rollout.max_new_tokens=25", cache=cache)
+        monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the student was loaded"))
+        with pytest.raises(ModelError, match=r"^rollout.max_new_tokens=25: the longest prompt \(\w+ problem \d+, "
+                                             r"\d+ tokens\) and 25 new tokens need \d+ positions, and the teacher's "
+                                             r"server \(max_model_len\) holds 140; set rollout.max_new_tokens to at "
+                                             r"most \d+$"):
+            loading.build_components(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,15 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cdistill.models import budget_input
-from cdistill.runtime import absolute, pick_device
+from cdistill.runtime import DTYPES, absolute, out_of_space, pick_device
 from cdistill.tasks import Task, build_task
 
 
 class ModelError(ValueError):
     """A model or tokenizer that cannot be used as configured."""
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(name_or_path: str, **kwargs):
@@ -111,6 +109,64 @@ def resolve_model_path(name_or_path: str, cfg) -> str:
     return name_or_path
 
 
+def context_of(name_or_path: str, **kwargs) -> int | None:
+    """How many positions a model holds (its config's ``max_position_embeddings`` or the like), read without its
+    weights; None where the config does not say (or cannot be read: loading the model then says why)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError, KeyError):
+        return None
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def longest_prompt(task, tokenizer) -> tuple[int, str, int]:
+    """(tokens, split, index) of the task's longest prompt, as the rollout and the evaluation tokenise it."""
+    best = (0, "train", 0)
+    for split, problems in (("train", task.train), ("validation", task.validation), ("test", task.test)):
+        if not problems:
+            continue
+        ids = tokenizer([task.prompt(p) for p in problems], add_special_tokens=task.add_special_tokens).input_ids
+        i = max(range(len(ids)), key=lambda k: len(ids[k]))
+        best = max(best, (len(ids[i]), split, i), key=lambda b: b[0])
+    return best
+
+
+def check_context(max_new_tokens: int, prompt: tuple[int, str, int], contexts: dict[str, int | None]) -> None:
+    """Refuse a generation that cannot fit a model: the longest prompt plus ``rollout.max_new_tokens`` beyond
+    ``contexts[setting]`` positions would sample (or score) past what the model was built for, and at a large
+    value never end. Read before any weights load."""
+    tokens, split, index = prompt
+    for setting, context in contexts.items():
+        if context is None or tokens + max_new_tokens <= context:
+            continue
+        fix = (f"set rollout.max_new_tokens to at most {context - tokens}" if context > tokens else
+               "the prompt alone does not fit: use a model with a longer context or shorter prompts")
+        raise ModelError(f"rollout.max_new_tokens={max_new_tokens}: the longest prompt ({split} problem {index}, "
+                         f"{tokens} tokens) and {max_new_tokens} new tokens need {tokens + max_new_tokens} positions, "
+                         f"and {setting} holds {context}; {fix}")
+
+
+@contextmanager
+def named(setting: str):
+    """A library's refusal to load (transformers' first line is often cut off mid-sentence: "Couldn't instantiate
+    the backend tokenizer from one of:") said with the setting that named what it could not load."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError, ImportError) as e:
+        if isinstance(e, OSError) and out_of_space(e):
+            raise
+        said = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
+        raise ModelError(f"{setting}: cannot load it ({said if len(said) <= 240 else said[:237] + '...'})") from e
+
+
 @dataclass
 class Components:
     task: Task
@@ -127,25 +183,38 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     teacher_path = resolve_model_path(cfg.model.teacher.name_or_path, cfg)
     # a GGUF file (model.<role>.gguf_file) is read by transformers, dequantised to the configured dtype
     t_kw = {"gguf_file": cfg.model.teacher.gguf_file} if cfg.model.teacher.get("gguf_file") else {}
-    s_kw = {}
+    s_kw, s_named = {}, f"student checkpoint {student_path}"
     if student_path is None:  # the configured start (a given path is a checkpoint in HF format)
         student_path = resolve_model_path(cfg.model.student.name_or_path, cfg)
         s_kw = {"gguf_file": cfg.model.student.gguf_file} if cfg.model.student.get("gguf_file") else {}
-    tokenizer = load_tokenizer(teacher_path, **t_kw)
+        s_named = f"model.student.name_or_path={cfg.model.student.name_or_path}"
+    t_named = f"model.teacher.name_or_path={cfg.model.teacher.name_or_path}"
+    with named(t_named):
+        tokenizer = load_tokenizer(teacher_path, **t_kw)
     task.bind_tokenizer(tokenizer)
-    check_same_vocabulary(load_tokenizer(student_path, **s_kw), tokenizer)  # (adapter checkpoints hold one too)
+    with named(s_named):
+        student_tok = load_tokenizer(student_path, **s_kw)
+    check_same_vocabulary(student_tok, tokenizer)  # (adapter checkpoints hold one too)
     adapter = Path(student_path, "adapter_config.json").is_file()  # a LoRA checkpoint: base + adapter
     base_path = resolve_model_path(cfg.model.student.name_or_path, cfg) if adapter else student_path
-    student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
-    student = student_options(student, cfg.model.student, student_path if adapter else None)
-    budget_input.load_if_present(student, student_path)  # a saute student's budget input
-    if cfg.model.teacher.get("backend", "local") == "server":  # its name_or_path gives only the tokenizer
+    served = cfg.model.teacher.get("backend", "local") == "server"  # its name_or_path gives only the tokenizer
+    if served:  # reached before minutes of loading the student: a server that is not there fails at once
         from cdistill.models.served import connect
 
-        return Components(task, tokenizer, student, connect(cfg.model.teacher, tokenizer, device),
-                          real_vocab_size(student, None, tokenizer), device)
-    teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
-                         **t_kw).eval()
+        teacher = connect(cfg.model.teacher, tokenizer, device)
+    contexts = {s_named: context_of(base_path, **s_kw),
+                t_named if not served else "the teacher's server (max_model_len)":
+                    teacher.max_model_len if served else context_of(teacher_path, **t_kw)}
+    check_context(cfg.rollout.max_new_tokens, longest_prompt(task, tokenizer), contexts)
+    with named(s_named):
+        student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
+    student = student_options(student, cfg.model.student, student_path if adapter else None)
+    budget_input.load_if_present(student, student_path)  # a saute student's budget input
+    if served:
+        return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
+    with named(t_named):
+        teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
+                             **t_kw).eval()
     teacher.requires_grad_(False)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
 

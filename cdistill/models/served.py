@@ -143,6 +143,7 @@ class ServedTeacher:
         self.name_or_path = f"served:{opts.model}"  # keys the seqkd solutions cache: not the in-process teacher's
         self.counts = {"sequences": 0, "retokenized": 0}  # llama.cpp: sequences scored through another tokenisation
         self.lock = threading.Lock()  # requests run in threads
+        self.max_model_len: int | None = None  # set by _connect where the server says
         self.api = self._connect()
         self.adds_bos = False  # set by the tokenizer check (llama.cpp: a GGUF whose metadata adds BOS)
         self._check_tokenizer()
@@ -158,9 +159,12 @@ class ServedTeacher:
             listed = ", ".join(map(str, names)) or "no model"
             raise ServerError(f"the teacher's server at {self.opts.base_url} serves {listed}, not {self.opts.model} "
                               "(model.teacher.server.model)")
+        entry = next(m for m in served if m.get("id") == self.opts.model)
+        # vLLM says how many positions it serves (llama.cpp does not): prompts plus completions must fit
+        self.max_model_len = entry.get("max_model_len") if isinstance(entry.get("max_model_len"), int) else None
         if self.opts.api != "auto":
             return self.opts.api
-        owner = next(m.get("owned_by") for m in served if m.get("id") == self.opts.model)
+        owner = entry.get("owned_by")
         return "vllm" if owner == "vllm" else "llama_cpp"
 
     def _server_tokens(self, text: str) -> list[int] | None:
