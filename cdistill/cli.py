@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import zlib
 from pathlib import Path
@@ -24,13 +25,26 @@ commands:
   protocol tune every method on validation, select, train fresh seeds, read test once, report the declared
            verdicts: cdistill protocol [dir=<study>] [trials=K ...] [-- train overrides, e.g. +exp=flawed_teacher]
 """
-EXISTED: list[Path] = []  # an explicit hydra.run.dir that existed before this command (a refusal must keep it)
+EXISTED: dict[Path, bool] = {}  # before Hydra starts: whether each directory it may make for this command existed
+
+
+def note_existing(cmd: str, overrides: list[str]) -> None:
+    """Record, before Hydra makes this command's output directory, which of the directories it may make exist
+    already: a refusal removes only what this command made."""
+    given = {k: v.strip("'\"") for k, _, v in (o.partition("=") for o in overrides) if _}
+    out = {"train": "outputs/runs/*", "eval": f"{given.get('run_dir', '')}/eval/*",
+           "judge": f"{given.get('run_a', '')}/judge/*", "protocol": given.get("dir", "outputs/studies/*")}[cmd]
+    out = given.get("hydra.run.dir", out)
+    for p in [Path(out), *Path(out).parents]:
+        if p.name != "*":  # a timestamped name: made by this command
+            EXISTED.setdefault(p.absolute(), p.exists())
 
 
 def discard_refused_output() -> None:
     """A refused command leaves nothing: Hydra made its output directory (``.hydra/``, ``<job>.log``) before any
-    of this command's checks ran. Removed only while it holds nothing else, with the empty directories above it
-    that Hydra made (``<run>/eval/``), never the working directory or one above it."""
+    of this command's checks ran. It is removed, with the directories above it that Hydra made for it
+    (``<run>/eval/``), when this command made it and it holds only Hydra's files; a directory that existed before
+    is left as it is (Hydra has rewritten its ``.hydra/`` record)."""
     import shutil
 
     from hydra.core.hydra_config import HydraConfig
@@ -40,17 +54,12 @@ def discard_refused_output() -> None:
     if hc.mode != RunMode.RUN:  # a sweep's jobs share its directory; each job's refusal is its own line
         return
     out = Path(hc.runtime.output_dir).absolute()
-    ours = {".hydra", f"{hc.job.name}.log"}
-    if not out.is_dir() or not {p.name for p in out.iterdir()} <= ours:
+    made = not EXISTED.get(out, out.parent not in EXISTED)  # unknown, and its parent unrecorded: not ours
+    if not made or not out.is_dir() or not {p.name for p in out.iterdir()} <= {".hydra", f"{hc.job.name}.log"}:
         return
-    for name in ours:
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    if out in [p.absolute() for p in EXISTED]:
-        return
-    cwd = Path.cwd().absolute()
-    for d in [out, *out.parents][:4]:
-        if d == cwd or d in cwd.parents or any(d.iterdir()):
+    shutil.rmtree(out)
+    for d in out.parents:
+        if EXISTED.get(d, True) or any(d.iterdir()):
             break
         d.rmdir()
 
@@ -71,7 +80,7 @@ def guarded(fn):
         from cdistill.eval.judge import JudgeError
         from cdistill.models import ModelError
         from cdistill.models.served import ServerError
-        from cdistill.preemption import Preempted
+        from cdistill.preemption import Preempted, StopAtOnce
         from cdistill.runtime import ResourceError, out_of_space
         from cdistill.tasks.base import TaskError
         from cdistill.train import TrainingError
@@ -93,6 +102,9 @@ def guarded(fn):
             if e.hand_over is not None:  # a submitit job: its handler requeues it and exits (on its rank 0)
                 e.hand_over()
             sys.exit(e.exit_code)
+        except StopAtOnce as e:  # the loop turns it into Preempted; this is one that came just outside the loop
+            say_error(f"cdistill: stopped by {signal.Signals(e.signum).name} at once, outside a training step")
+            sys.exit(128 + e.signum)
 
     return wrapper
 
@@ -292,8 +304,6 @@ def check_run_dir(overrides: list[str]) -> None:
     for o in overrides:
         if o.startswith("hydra.run.dir="):
             run_dir = Path(o.split("=", 1)[1])
-            if run_dir.exists():
-                EXISTED.append(run_dir)
             if (run_dir / "summary.json").is_file() and "overwrite=true" not in overrides:
                 fail(f"{run_dir} already holds a finished run; choose another directory or set overwrite=true")
             existing = next(p for p in [run_dir, *run_dir.absolute().parents] if p.exists())
@@ -361,8 +371,8 @@ def check_keys(cmd: str, overrides: list[str]) -> None:
     groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     for o in overrides:
         key, sep, _ = o.partition("=")
-        if not sep or o.startswith(("-", "+", "~")) or "/" in key or key in groups or key.split(".")[0] == "hydra" \
-                or key in known:
+        if not sep or o.startswith(("-", "+", "~")) or "/" in key or "@" in key or key in groups \
+                or key.split(".")[0] == "hydra" or key in known:
             continue
         fail(unknown_key(key, cmd))
 
@@ -400,7 +410,8 @@ def command_help(cmd: str, config_name: str, overrides: list[str]) -> None:
             shown[key] = "(required)"
             continue
         value = parent[leaf]
-        shown[key] = json.dumps(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+        text = json.dumps(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+        shown[key] = text if len(text) <= 48 else text[:45] + "..."  # a prompt template would widen every line
     width = max(len(f"{k}={v}") for k, v in shown.items())
     lines = [f"usage: {COMMAND_USAGE[cmd]}", "", "settings (value now, then what it may hold):"]
     lines += [f"  {f'{k}={v}':<{width}}  {table[k].describe()}" for k, v in shown.items()]
@@ -483,6 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     rest = quote_paths(cmd, rest)
     check_keys(cmd, rest)
     check_required(cmd, rest)
+    note_existing(cmd, rest)
     if cmd == "train":
         check_groups(rest)
         check_run_dir(rest)

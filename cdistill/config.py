@@ -62,7 +62,9 @@ def validate(cfg, command: str = "train") -> None:
         return
     _rollout_backend(cfg.rollout, method)
     for role in ("student", "teacher"):
-        _model_address(cfg.model[role].name_or_path, f"model.{role}.name_or_path", cfg.model[role].get("gguf_file"))
+        served = role == "teacher" and cfg.model.teacher.get("backend", "local") == "server"
+        _model_address(cfg.model[role].name_or_path, f"model.{role}.name_or_path", cfg.model[role].get("gguf_file"),
+                       tokenizer_only=served)
     _cache(cfg.paths.cache)
     q = cfg.model.teacher.get("quantization")
     if q:
@@ -74,11 +76,12 @@ def validate(cfg, command: str = "train") -> None:
             raise ConfigError(f"model.teacher.quantization: {e}") from None
 
 
-def _model_address(name, key: str, gguf_file: str | None = None) -> None:
+def _model_address(name, key: str, gguf_file: str | None = None, tokenizer_only: bool = False) -> None:
     """A local path that does not exist or holds no model, said as such before any model is loaded (transformers
     would call the first a malformed hub id, and the second fails on its tokenizer, after the other model has
     loaded). Hub ids are ``name`` or ``org/name``; anything absolute, relative (``./``, ``../``, ``~``) or deeper
-    is a path, and so is an existing directory."""
+    is a path, and so is an existing directory. ``tokenizer_only``: a served teacher's, which gives only the
+    tokenizer."""
     from pathlib import Path
 
     if name.split(":")[0] in ("embedded", "package", "truncated"):
@@ -94,6 +97,9 @@ def _model_address(name, key: str, gguf_file: str | None = None) -> None:
     if gguf_file:
         if not (path / gguf_file).is_file():
             raise ConfigError(f"{key}: {name} holds no {gguf_file} (model.*.gguf_file)")
+    elif tokenizer_only:
+        if not any((path / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json", "config.json")):
+            raise ConfigError(f"{key}: {name} holds no tokenizer (no tokenizer_config.json)")
     elif not any((path / f).is_file() for f in ("config.json", "adapter_config.json")):
         raise ConfigError(f"{key}: {name} holds no model (no config.json)")
 
@@ -114,7 +120,8 @@ def _cache(cache) -> None:
         probe.mkdir()
         probe.rmdir()
     except OSError as e:
-        raise ConfigError(f"paths.cache: cannot create {cache} ({e.strerror or e})") from None
+        doing = f"write in {cache}" if existing == path else f"create {cache}"
+        raise ConfigError(f"paths.cache: cannot {doing} ({e.strerror or e})") from None
 
 
 def _device(device) -> None:

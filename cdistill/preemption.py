@@ -9,7 +9,9 @@ a job killed before it could write one).
 Finishing the step is not waited for without limit (a step can take as long as ``rollout.max_new_tokens`` lets
 a rollout run). The run stops at once, in the middle of the step, when
 
-- a SIGTERM or SIGINT (Ctrl-C) comes while a stop is pending (after SIGTERM, SIGUSR1 or submitit's signal);
+- a SIGTERM or SIGINT (Ctrl-C) comes while a stop is pending (after SIGTERM, SIGUSR1 or submitit's signal); a
+  SIGTERM within ``ECHO_SECONDS`` of the first is the same request delivered twice (by Slurm to every process of
+  the job, and again by the launcher that forwards it), not a second one;
 - ``checkpoint.grace_seconds`` (``GRACE_KEY``) pass after the first SIGTERM before the run has stopped: the step
   and its checkpoint, or set-up, or the final save and evaluation. ``null``: no limit (wait for the step however
   long it takes); ``0``: the first SIGTERM stops at once. SIGUSR1 and submitit's signal start no clock: they warn
@@ -46,6 +48,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -56,6 +59,9 @@ MARKER = "preempted.json"  # in the run directory: the run stopped on a signal a
 # under checkpoint, which checkpoint fingerprints leave out: it changes nothing a run computes, a continuation may
 # change it, and checkpoints written before it existed still resume
 GRACE_KEY = "checkpoint.grace_seconds"
+# a SIGTERM this soon after the first is the same request heard twice, not a second one: Slurm signals every
+# process of a job, and a launcher (torchrun, accelerate, cdistill protocol) forwards it to its children as well
+ECHO_SECONDS = 0.5
 
 
 class Preempted(Exception):
@@ -161,6 +167,7 @@ class Preemption:
     def __enter__(self) -> Preemption:
         self.signum: int | None = None  # the latest
         self.first: int | None = None  # the one that asked to stop: later ones stop at once
+        self._first_at = 0.0
         self.received: set[int] = set()
         self.previous = {}
         self.halted = False  # StopAtOnce was raised: the run is on its way out, later signals change nothing
@@ -188,10 +195,12 @@ class Preemption:
         if signum == signal.SIGTERM and self._expired:  # sent by the grace timer
             self._halt(signal.SIGTERM, self.grace)
         if signum == signal.SIGTERM and pending:
+            if time.monotonic() - self._first_at < ECHO_SECONDS:
+                return
             self._halt(signum)
         if pending:  # another warning (SIGUSR1, submitit's): the stop already asked for stands
             return
-        self.first = signum
+        self.first, self._first_at = signum, time.monotonic()
         if signum == signal.SIGTERM and self.grace == 0:
             self._halt(signum, 0.0)
         limit = ""

@@ -333,3 +333,22 @@ def test_the_longest_prompt_plus_the_generation_must_fit_each_models_context(tmp
                                          r"and model.student.name_or_path=embedded:student holds 256; set "
                                          rf"rollout.max_new_tokens to at most {fits}$"):
         build_components(tiny_cfg(tmp_path, f"rollout.max_new_tokens={fits + 1}", cache=cache))
+
+
+def test_a_served_teachers_directory_needs_only_its_tokenizer(tmp_path):
+    from helpers import tiny_cfg
+
+    from cdistill.config import validate
+
+    tok = tmp_path / "tokenizer"
+    tok.mkdir()
+    (tok / "tokenizer_config.json").write_text("{}")
+    validate(tiny_cfg(tmp_path, f"model.teacher.name_or_path={tok}", "model.teacher.backend=server",
+                      "model.teacher.server.base_url=http://127.0.0.1:1/v1", "model.teacher.server.model=t"))
+    with pytest.raises(schema.ConfigError,
+                       match=rf"^model.teacher.name_or_path: {tok} holds no model \(no config.json\)$"):
+        validate(tiny_cfg(tmp_path, f"model.teacher.name_or_path={tok}"))
+    (tok / "tokenizer_config.json").unlink()
+    with pytest.raises(schema.ConfigError, match=r"holds no tokenizer \(no tokenizer_config.json\)$"):
+        validate(tiny_cfg(tmp_path, f"model.teacher.name_or_path={tok}", "model.teacher.backend=server",
+                          "model.teacher.server.base_url=http://127.0.0.1:1/v1", "model.teacher.server.model=t"))

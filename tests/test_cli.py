@@ -131,9 +131,18 @@ def test_a_refused_command_leaves_no_output_directory_behind(tmp_path):
     r = cdistill("eval", f"run_dir={run}", "n_problems=0", cwd=tmp_path)
     assert r.returncode == 2 and "n_problems" in r.stderr
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "notes.txt"]  # no eval/<time>/, the rest kept
-    # an explicit run directory that held something else stays, with what it held
-    r = cdistill("train", "optim.steps=0", f"hydra.run.dir={run}", cwd=tmp_path)
-    assert r.returncode == 2 and {"config.yaml", "notes.txt"} <= {p.name for p in run.iterdir()}
+    # a directory that existed before stays, with what it held, even when that is only an earlier Hydra record
+    earlier = tmp_path / "earlier"
+    (earlier / ".hydra").mkdir(parents=True)
+    (earlier / ".hydra" / "mine.yaml").write_text("a: 1\n")
+    (earlier / "cli.log").write_text("earlier\n")
+    r = cdistill("train", "optim.steps=0", f"hydra.run.dir={earlier}", cwd=tmp_path)
+    assert r.returncode == 2 and (earlier / ".hydra" / "mine.yaml").is_file()
+    assert (earlier / "cli.log").read_text().startswith("earlier\n")
+    # an empty directory the user made above the run directory stays too; only what the command made goes
+    (tmp_path / "mine").mkdir()
+    r = cdistill("train", "optim.steps=0", f"hydra.run.dir={tmp_path / 'mine' / 'a' / 'run'}", cwd=tmp_path)
+    assert r.returncode == 2 and (tmp_path / "mine").is_dir() and list((tmp_path / "mine").iterdir()) == []
 
 
 def test_eval_takes_a_checkpoint_directory_and_names_what_to_pass_otherwise(tmp_path, cache):

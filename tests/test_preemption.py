@@ -28,8 +28,13 @@ LONG = [*TINY, "optim.steps=30", "checkpoint.every=0", "method=lagrangian", "eva
 
 
 @pytest.fixture
-def survives_signals():
-    """A signal that the code under test fails to catch fails the test instead of ending pytest."""
+def survives_signals(monkeypatch):
+    """A signal that the code under test fails to catch fails the test instead of ending pytest. Signals sent here
+    back to back are each a request of their own (no echo window)."""
+    import cdistill.preemption
+
+    monkeypatch.setattr(cdistill.preemption, "ECHO_SECONDS", 0.0)
+
     def unexpected(signum, frame):
         raise AssertionError(f"{signal.Signals(signum).name} was not caught by the run")
 
@@ -326,6 +331,19 @@ def test_the_grace_timer_interrupts_a_wait_and_never_fires_once_the_run_is_over(
     time.sleep(0.6)  # a SIGTERM from the timer now would meet the fixture's handler and fail the test
 
 
+def test_the_same_sigterm_heard_twice_at_once_is_one_request_not_a_second(survives_signals, monkeypatch):
+    # Slurm signals every process of the job and the launcher forwards it too: a worker hears it twice, ms apart
+    import cdistill.preemption
+
+    monkeypatch.setattr(cdistill.preemption, "ECHO_SECONDS", 0.5)
+    with Preemption(grace_seconds=None) as preemption:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the echo: the step in progress still goes on
+        assert preemption.first == signal.SIGTERM and not preemption.halted
+        time.sleep(0.6)
+        with pytest.raises(StopAtOnce):  # past the window, a SIGTERM is a second request
+            os.kill(os.getpid(), signal.SIGTERM)
+
 
 def test_a_second_sigterm_while_the_stop_writes_its_checkpoint_leaves_the_one_before_whole(
         tmp_path, cache, monkeypatch, survives_signals):
@@ -485,3 +503,19 @@ def test_sigint_after_sigterm_stops_a_step_that_never_ends_at_once(tmp_path, cac
                                 "continues from it")
     assert intact_checkpoints(run) == ["step-000001"] and "KeyboardInterrupt" not in err.read_text()
     assert json.loads((run / MARKER).read_text())["checkpoint"] == str(ckpt)
+
+
+def test_a_stop_at_once_just_outside_the_loop_is_one_line_not_a_traceback(capfd):
+    # grace_seconds=0 between the handlers' install and the loop, or a signal while they are restored
+    from omegaconf import OmegaConf
+
+    from cdistill.cli import guarded
+
+    @guarded
+    def command(cfg):
+        raise StopAtOnce(signal.SIGTERM, signal.SIGTERM, 0.0)
+
+    with pytest.raises(SystemExit) as exit_:
+        command(OmegaConf.create({}))
+    assert exit_.value.code == 128 + signal.SIGTERM
+    assert capfd.readouterr().err.strip() == "cdistill: stopped by SIGTERM at once, outside a training step"
