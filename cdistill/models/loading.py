@@ -58,14 +58,6 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", q
     return model if quantization else model.to(device)
 
 
-def check_same_vocabulary(student_tok, teacher_tok) -> None:
-    """Token-level divergences compare distributions over the same tokens: the vocabularies must match."""
-    if student_tok.get_vocab() != teacher_tok.get_vocab():
-        raise ModelError(
-            "student and teacher tokenizers differ; token-level distillation needs the teacher's tokenizer"
-        )
-
-
 def real_vocab_size(model_a, model_b, tokenizer) -> int:
     """Rows of the output embedding shared by both models and the tokenizer (padding rows cut); a served teacher
     (None) has none here."""
@@ -131,9 +123,9 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     if student_path is None:  # the configured start (a given path is a checkpoint in HF format)
         student_path = resolve_model_path(cfg.model.student.name_or_path, cfg)
         s_kw = {"gguf_file": cfg.model.student.gguf_file} if cfg.model.student.get("gguf_file") else {}
-    tokenizer = load_tokenizer(teacher_path, **t_kw)
+    tokenizer = role_tokenizer("teacher", cfg.model.teacher.name_or_path, teacher_path, t_kw)
+    tokenizer, teacher_tok = cross_tokenizer_check(cfg, load_tokenizer(student_path, **s_kw), tokenizer)
     task.bind_tokenizer(tokenizer)
-    check_same_vocabulary(load_tokenizer(student_path, **s_kw), tokenizer)  # (adapter checkpoints hold one too)
     adapter = Path(student_path, "adapter_config.json").is_file()  # a LoRA checkpoint: base + adapter
     base_path = resolve_model_path(cfg.model.student.name_or_path, cfg) if adapter else student_path
     student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
@@ -147,7 +139,37 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
                          **t_kw).eval()
     teacher.requires_grad_(False)
+    if teacher_tok is not None:  # log-probs of the text, spread onto the student's tokens
+        from cdistill.models.cross_tokenizer import CrossTokenizerTeacher
+
+        teacher = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, real_vocab_size(teacher, teacher, teacher_tok))
+        return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
+
+
+def role_tokenizer(role: str, name: str, path: str, kwargs: dict):
+    """``load_tokenizer``, with a folder or id that holds none refused in one line (transformers says it in
+    several)."""
+    try:
+        return load_tokenizer(path, **kwargs)
+    except (OSError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"model.{role}.name_or_path={name}: no tokenizer could be loaded from it ({first})") from None
+
+
+def cross_tokenizer_check(cfg, student_tok, teacher_tok):
+    """(the run's tokenizer, the teacher's own or None): the teacher's when both tokenise alike (as every run did
+    before teachers with another tokenizer), else the student's, after refusing in one line, before any weights
+    load, what only a shared vocabulary can give (``cross_tokenizer.refusal``)."""
+    from cdistill.methods import build_method
+    from cdistill.models.cross_tokenizer import different_vocabularies, refusal
+
+    if not different_vocabularies(student_tok, teacher_tok):
+        return teacher_tok, None
+    why = refusal(cfg, build_method(cfg.method, cfg.constraint, cfg.optim))
+    if why:
+        raise ModelError(why)
+    return student_tok, teacher_tok
 
 
 def student_options(student, s_cfg, adapter_path: str | None = None):
