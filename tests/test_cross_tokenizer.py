@@ -1,6 +1,7 @@
 """A teacher with another tokenizer: its log-probs of the text spread onto the student's tokens, checked against the
 teacher's own log-likelihood of the text, brute force (cdistill.models.cross_tokenizer)."""
 
+import copy
 import json
 import math
 import random
@@ -21,6 +22,18 @@ ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 .,?+-=#\néí×"
 
 def corpus(rng, n=300):
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) for _ in range(n)]
+
+
+def with_bos(tok):
+    """``tok`` with a BOS token that it puts before every text (as Llama's and SmolLM2's do)."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tok)
+    tok.add_special_tokens({"bos_token": "<|bos|>"})
+    tok._tokenizer.post_processor = TemplateProcessing(single="<|bos|> $A", special_tokens=[
+        ("<|bos|>", tok.bos_token_id)])
+    assert tok("12").input_ids[0] == tok.bos_token_id
+    return tok
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +106,15 @@ def test_spread_keeps_every_shared_prefix_total_brute_force(pair_ties):
             assert same == lp[: len(mine)] + [0.0] * (len(mine) - len(lp))
 
 
-def test_the_completion_total_is_the_teachers_log_likelihood_of_its_text(setting):
+@pytest.mark.parametrize(("student_bos", "teacher_bos"), [(False, False), (False, True), (True, False)])
+def test_the_completion_total_is_the_teachers_log_likelihood_of_its_text(setting, student_bos, teacher_bos):
     student_tok, teacher_tok, teacher = setting
+    if student_bos:
+        student_tok = with_bos(student_tok)
+    if teacher_bos:  # its BOS id is one past the model's vocabulary: a model with a row for it
+        teacher_tok = with_bos(teacher_tok)
+        size = OmegaConf.create({"hidden": 32, "intermediate": 64, "layers": 2, "heads": 2, "max_positions": 512})
+        teacher = tiny_llama(teacher_tok, size, seed=1).eval()
     eos_s, eos_t = student_tok.eos_token_id, teacher_tok.eos_token_id
     wrapped = CrossTokenizerTeacher(teacher, teacher_tok, student_tok, len(teacher_tok))
     rng = random.Random(7)
@@ -104,7 +124,7 @@ def test_the_completion_total_is_the_teachers_log_likelihood_of_its_text(setting
         if i % 5 == 0:
             prompt += " "  # a boundary that may fall inside a teacher token (" 12" is one piece)
         eos = i % 2 == 1
-        p_ids = student_tok(prompt, add_special_tokens=False).input_ids
+        p_ids = student_tok(prompt).input_ids  # with the student's BOS when it has one
         c_ids = sampled_ids(student_tok, completion, rng) + ([eos_s] if eos else [])
         rows.append((p_ids, c_ids))
         cases.append((prompt, completion, eos, p_ids, c_ids))
@@ -113,9 +133,13 @@ def test_the_completion_total_is_the_teachers_log_likelihood_of_its_text(setting
     for i, (prompt, completion, eos, p_ids, c_ids) in enumerate(cases):
         got = out.logp[i, : len(c_ids)].double().tolist()
         assert (out.logp[i, len(c_ids):] == 0).all()
-        full = teacher_tok(prompt + completion, add_special_tokens=False).input_ids + ([eos_t] if eos else [])
-        lp = [0.0, *teacher_token_logp(teacher, full)]
-        t_ends = token_ends(teacher_tok, full[: len(full) - eos])
+        bos = [teacher_tok.bos_token_id] if teacher_bos else []
+        text_ids = teacher_tok(prompt + completion, add_special_tokens=False).input_ids
+        lp = teacher_token_logp(teacher, bos + text_ids + ([eos_t] if eos else []))
+        if not teacher_bos:  # the first token, without context, has no log-prob
+            lp = [0.0, *lp]
+        full = text_ids + ([eos_t] if eos else [])  # lp[j]: the log-prob of full[j]
+        t_ends = token_ends(teacher_tok, text_ids)
         # the teacher's tokens that end past the prompt's text: the completion's (a straddling one included)
         want = sum(x for e, x in zip(t_ends, lp, strict=False) if e > len(prompt)) + (lp[-1] if eos else 0.0)
         assert math.isclose(sum(got), want, abs_tol=2e-5), (prompt, completion)
@@ -128,7 +152,7 @@ def test_the_completion_total_is_the_teachers_log_likelihood_of_its_text(setting
         else:
             straddled += 1
         # every prefix of the completion that ends on a character boundary of both keeps its exact total
-        s_ends = token_ends(student_tok, p_ids + c_ids[: len(c_ids) - eos])[len(p_ids):]
+        s_ends = token_ends(student_tok, p_ids[student_bos:] + c_ids[: len(c_ids) - eos])[len(p_ids) - student_bos:]
         for k, end in enumerate(s_ends):
             boundary = k == len(s_ends) - 1 or s_ends[k + 1] != end  # not inside a character's byte pieces
             if boundary and end in t_ends and len(prompt) in t_ends:

@@ -21,7 +21,7 @@ import dataclasses
 
 import torch
 
-from cdistill.models.forward import CompletionForward, Sequences, completion_forward
+from cdistill.models.forward import AT_TEMPERATURE_ONE, CompletionForward, Sequences, completion_forward
 
 
 def token_ends(tok, ids: list[int], start: int = 0) -> list[int]:
@@ -145,14 +145,14 @@ class CrossTokenizerTeacher:
             prompt = seq.input_ids[i, :p][seq.attention_mask[i, :p].bool()].tolist()
             n = int(seq.completion_mask[i].sum())
             rows.append((prompt + seq.completion_ids[i, :n].tolist(), n))
-        prepared = [(*self.texts(ids, n), n) for ids, n in rows]
+        scored = [i for i, (_, n) in enumerate(rows) if n]  # an empty completion has nothing to score
+        prepared = [(*self.texts(*rows[i]), rows[i][1]) for i in scored]
         their = [self.teacher_ids(text, eos) for text, _, eos, _ in prepared]
-        logps = self.score(their, spec)
+        logps = self.score(their, spec) if scored else []
         b, t = seq.completion_ids.shape
         logp = torch.zeros(b, t)
-        for i, ((_, body, eos, n), ids, lp) in enumerate(zip(prepared, their, logps, strict=True)):
-            if n:
-                logp[i, :n] = torch.tensor(self.onto_student(body, eos, n, ids, lp), dtype=torch.float32)
+        for i, (_, body, eos, n), ids, lp in zip(scored, prepared, their, logps, strict=True):
+            logp[i, :n] = torch.tensor(self.onto_student(body, eos, n, ids, lp), dtype=torch.float32)
         d = seq.completion_ids.device
         return CompletionForward(logp.to(d) * seq.completion_mask, torch.full((b, t), float("nan"), device=d), None)
 
@@ -172,17 +172,20 @@ class CrossTokenizerTeacher:
 
     def score(self, seqs: list[list[int]], spec) -> list[list[float]]:
         """The teacher's log-prob of every token after the first of each sequence, in its own vocabulary."""
+        if min(map(len, seqs)) < 2:
+            raise ValueError("a sequence of one teacher token has nothing to score (a teacher tokenizer without BOS "
+                             "and an empty prompt)")
         dev = next(self.model.parameters()).device
         width = max(len(s) for s in seqs)
         first = torch.tensor([[s[0]] for s in seqs], device=dev)
-        rest = torch.full((len(seqs), max(1, width - 1)), self.tokenizer.pad_token_id or 0, device=dev)
+        rest = torch.full((len(seqs), width - 1), self.tokenizer.pad_token_id, device=dev)
         mask = torch.zeros_like(rest, dtype=torch.bool)
         for i, s in enumerate(seqs):
             rest[i, : len(s) - 1] = torch.tensor(s[1:])
             mask[i, : len(s) - 1] = True
         tseq = Sequences.build(first, torch.ones_like(first), rest, mask)
-        tspec = dataclasses.replace(spec, vocab=self.vocab, group_size=1) if spec is not None else None
-        out = completion_forward(self.model, tseq, tspec) if tspec is not None else completion_forward(self.model, tseq)
+        # the teacher's own vocabulary, and no prompt shared: each sequence starts its own text
+        out = completion_forward(self.model, tseq, (spec or AT_TEMPERATURE_ONE).replace(vocab=self.vocab, group_size=1))
         return [out.logp[i, : len(s) - 1].tolist() for i, s in enumerate(seqs)]
 
     def as_policy(self, parts):
