@@ -225,6 +225,24 @@ def test_a_run_trains_against_a_teacher_with_another_tokenizer(tmp_path, cache):
     assert summary["steps"] == 2 and math.isfinite(summary["teacher_accuracy_sampled"])
 
 
+def test_the_teacher_with_another_tokenizer_is_evaluated_in_its_own_tokenizer(tmp_path, cache):
+    from cdistill.eval.evaluate import evaluate
+    from cdistill.models.loading import build_components
+
+    cfg = tiny_cfg(tmp_path, OWN, "constraint.cost=logratio", cache=cache)
+    parts = build_components(cfg)
+    report, records = evaluate(parts, cfg, n_problems=3, with_samples=True, policy=parts.teacher)
+    assert report["divergence_mean"] == 0.0  # its own reference
+    # its greedy answers are those of the teacher model sampled with its own tokenizer
+    from cdistill.rollout.sampling import generate, generation_config
+
+    t_tok = parts.teacher.tokenizer
+    prompts = [parts.task.prompt(p) for p in parts.task.split("test")[:3]]
+    own = generate(parts.teacher.model, t_tok, prompts, 1, generation_config(t_tok, cfg.rollout.max_new_tokens, 1.0,
+                                                                             1.0, True), "cpu")
+    assert [r["greedy"] for r in records] == own.texts
+
+
 def test_a_teacher_with_another_tokenizer_scores_the_students_rollout_as_its_text(tmp_path, cache):
     """On the embedded task, every completion's total is the teacher's log-likelihood of its text (and EOS)."""
     from cdistill.models.loading import build_components
