@@ -227,6 +227,15 @@ def test_a_run_trains_against_a_teacher_with_another_tokenizer(tmp_path, cache):
         for key in ("loss", "divergence_mean", "satisfaction_rate", "lambda"):
             assert math.isfinite(s[key]), key
     assert summary["steps"] == 2 and math.isfinite(summary["teacher_accuracy_sampled"])
+    # `cdistill eval` reloads the saved student (its tokenizer is the student's) beside the same teacher
+    from cdistill.eval.evaluate import evaluate
+
+    again = build_components(cfg, student_path=str(run / "student"))
+    assert isinstance(again.teacher, CrossTokenizerTeacher)
+    assert again.tokenizer.get_vocab() == parts.tokenizer.get_vocab()
+    report, _ = evaluate(again, cfg)
+    final = json.loads((run / "eval.json").read_text())
+    assert report["divergence_mean"] == pytest.approx(final["divergence_mean"], abs=1e-5)
 
 
 def test_the_teacher_with_another_tokenizer_is_evaluated_in_its_own_tokenizer(tmp_path, cache):
