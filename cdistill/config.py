@@ -50,7 +50,7 @@ def validate(cfg, command: str = "train") -> None:
                           "completion is its group's own baseline, so its task reward cancels out of every advantage "
                           "and is never learned from; use at least 2 (or optim.adv_baseline=none)")
     _served_teacher(cfg, method)
-    _own_tokenizer(cfg, method)
+    _own_tokenizer(cfg)
     if command == "eval":
         return
     _rollout_backend(cfg.rollout, method)
@@ -125,7 +125,7 @@ def _served_teacher(cfg, method) -> None:
                           "model.teacher.backend=local")
 
 
-def _own_tokenizer(cfg, method) -> None:
+def _own_tokenizer(cfg) -> None:
     """An embedded teacher with its own tokenizer is known here, before minutes of building; any other teacher's
     tokenizer is compared with the student's when both are loaded (``loading.cross_tokenizer_check``)."""
     own = cfg.model.get("embedded", {}).get("teacher", {}).get("tokenizer")
@@ -134,7 +134,7 @@ def _own_tokenizer(cfg, method) -> None:
         return
     from cdistill.models.cross_tokenizer import refusal
 
-    why = refusal(cfg, method)
+    why = refusal(cfg)
     if why:
         raise ConfigError(why)
 

@@ -11,6 +11,7 @@ import torch
 from helpers import tiny_cfg
 from omegaconf import OmegaConf
 
+from cdistill.methods import METHODS
 from cdistill.models.cross_tokenizer import CrossTokenizerTeacher, spread, spread_over_tokens, token_ends
 from cdistill.models.embedded import build_tokenizer, tiny_llama
 from cdistill.models.forward import Sequences, completion_forward
@@ -295,6 +296,21 @@ def test_what_needs_one_vocabulary_is_refused_in_one_line_before_any_model_is_bu
     with pytest.raises(ConfigError, match=refused) as e:
         validate(cfg)
     assert "\n" not in str(e.value) and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("method", [*sorted(METHODS), "opd_full"])
+def test_the_refusal_read_from_the_config_matches_every_methods_flags(tmp_path, method):
+    """``refusal`` names methods by the config (models cannot import methods): it must refuse exactly the methods
+    whose flags say they need more than the sampled tokens' log-probs, so that a new such method is not let
+    through."""
+    from cdistill.methods import build_method
+    from cdistill.models.cross_tokenizer import refusal
+
+    extra = ["method=opd", "method.estimator=full"] if method == "opd_full" else [f"method={method}"]
+    cfg = tiny_cfg(tmp_path, *extra)
+    m = build_method(cfg.method, cfg.constraint, cfg.optim)
+    needs_more = m.conditions_on_budget or m.needs_teacher_hidden or m.uses_cached_teacher_solutions
+    assert (refusal(cfg) is not None) == needs_more, refusal(cfg)
 
 
 def test_a_teacher_with_another_tokenizer_is_refused_after_its_tokenizer_loads_too(tmp_path, cache):

@@ -79,26 +79,27 @@ def different_vocabularies(student_tok, teacher_tok) -> bool:
     return student_tok.get_vocab() != teacher_tok.get_vocab()
 
 
-def refusal(cfg, method) -> str | None:
+def refusal(cfg) -> str | None:
     """Why a teacher with another tokenizer cannot serve this config (one line), or None. Only the sampled tokens'
-    log-probs cross tokenizers exactly; whatever needs the teacher's distribution over the student's vocabulary, or
-    the teacher token by token beside the student's sampling, or the teacher's own samples, cannot."""
-    fix = "use a teacher that shares the student's tokenizer, or constraint.cost=logratio/teacher_nll"
+    log-probs cross tokenizers exactly; whatever needs the teacher's distribution over the student's vocabulary, the
+    teacher token by token beside the student's sampling, or the teacher's own samples, cannot. Read from the config
+    alone (models sit below methods); tests/test_cross_tokenizer.py checks it against every method's flags
+    (``conditions_on_budget``, ``needs_teacher_hidden``, ``uses_cached_teacher_solutions``)."""
     if cfg.model.teacher.get("backend", "local") == "server":
         return "a served teacher must share the student's tokenizer (the server checks a probe text); a teacher " \
                "with another tokenizer runs in process (model.teacher.backend=local)"
     if cfg.constraint.cost == "token_kl":
         return "constraint.cost=token_kl compares the two distributions over one vocabulary, and the teacher's " \
-               f"tokenizer differs from the student's: {fix}"
+               "tokenizer differs from the student's: use constraint.cost=logratio or teacher_nll, or a teacher " \
+               "that shares the student's tokenizer"
+    name = cfg.method.name
     needs = [what for what, needed in (
-        (f"method {method.name} runs the teacher beside the student at every sampled token",
-         method.conditions_on_budget),
-        ("weakest_link's exact term reads the teacher's NLL of every candidate token", method.name == "weakest_link"),
+        (f"method {name} runs the teacher beside the student at every sampled token", name == "saute"),
+        ("weakest_link's exact term reads the teacher's NLL of every candidate token", name == "weakest_link"),
         ("opd's full estimator reads the teacher's whole distribution",
-         method.name == "opd" and cfg.method.get("estimator") == "full"),
-        ("gkd's JSD reads the teacher's whole distribution", method.name == "gkd"),
-        (f"method {method.name} learns from the teacher's own samples", method.uses_cached_teacher_solutions),
-        ("the teacher's hidden states are needed by the update", method.needs_teacher_hidden)) if needed]
+         name == "opd" and cfg.method.get("estimator") == "full"),
+        ("gkd's JSD reads the teacher's whole distribution", name == "gkd"),
+        (f"method {name} learns from the teacher's own samples", name == "seqkd")) if needed]
     if needs:
         return f"{needs[0]}, in the student's vocabulary, and the teacher's tokenizer differs from the student's: " \
                "use a teacher that shares the student's tokenizer"

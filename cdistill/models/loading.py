@@ -161,12 +161,11 @@ def cross_tokenizer_check(cfg, student_tok, teacher_tok):
     """(the run's tokenizer, the teacher's own or None): the teacher's when both tokenise alike (as every run did
     before teachers with another tokenizer), else the student's, after refusing in one line, before any weights
     load, what only a shared vocabulary can give (``cross_tokenizer.refusal``)."""
-    from cdistill.methods import build_method
     from cdistill.models.cross_tokenizer import different_vocabularies, refusal
 
     if not different_vocabularies(student_tok, teacher_tok):
         return teacher_tok, None
-    why = refusal(cfg, build_method(cfg.method, cfg.constraint, cfg.optim))
+    why = refusal(cfg)
     if why:
         raise ModelError(why)
     return student_tok, teacher_tok
