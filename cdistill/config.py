@@ -58,6 +58,7 @@ def validate(cfg, command: str = "train") -> None:
                           "completion is its group's own baseline, so its task reward cancels out of every advantage "
                           "and is never learned from; use at least 2 (or optim.adv_baseline=none)")
     _served_teacher(cfg, method)
+    _own_tokenizer(cfg)
     if command == "eval":
         return
     _rollout_backend(cfg.rollout, method)
@@ -169,6 +170,20 @@ def _served_teacher(cfg, method) -> None:
                           "returns only the sampled token's log-prob unless asked for its top k: set "
                           "model.teacher.server.top_k (e.g. 20; a lower bound on the divergence, docs/methods.md) or "
                           "model.teacher.backend=local")
+
+
+def _own_tokenizer(cfg) -> None:
+    """An embedded teacher with its own tokenizer is known here, before minutes of building; any other teacher's
+    tokenizer is compared with the student's when both are loaded (``loading.cross_tokenizer_check``)."""
+    own = cfg.model.get("embedded", {}).get("teacher", {}).get("tokenizer")
+    if own is None or cfg.model.teacher.name_or_path != "embedded:teacher" or \
+            own.vocab_size == cfg.model.embedded.tokenizer.vocab_size:
+        return
+    from cdistill.models.cross_tokenizer import refusal
+
+    why = refusal(cfg)
+    if why:
+        raise ConfigError(why)
 
 
 def validate_launch(cfg, method, sharded: bool) -> None:

@@ -265,6 +265,7 @@ TRAIN: dict[str, object] = {
     "model.embedded.tokenizer.vocab_size": COUNT,
     **_embedded_model("teacher"), **_embedded_model("student"),
     "model.embedded.teacher.flaw": Maybe(OneOf(tuple(FLAWS))),
+    "model.embedded.teacher.tokenizer.vocab_size": COUNT,  # a teacher with its own tokenizer (docs/methods.md)
     "task.name": Text(), "task.source": Text(), "task.hub_config": Maybe(Text()),
     "task.train_source": Maybe(Text()), "task.test_source": Maybe(Text()),
     "task.train_split": Text(), "task.test_split": Text(),

@@ -135,16 +135,19 @@ def test_bad_dataset_files_are_one_line(tmp_path, content, message):
     assert message.format(path=path) in line, line
 
 
-def test_student_with_another_tokenizer_is_refused(tmp_path):
+def test_student_with_another_tokenizer_and_a_full_distribution_cost_is_refused(tmp_path):
+    # another tokenizer alone is a teacher with another tokenizer (tests/test_cross_tokenizer.py); a cost that compares
+    # the two distributions over one vocabulary is not
     tok = build_tokenizer(["Question: 1 + 1\nAnswer:\n2"] * 10, 300)  # merges: a vocabulary of its own
     model = tiny_llama(tok, OmegaConf.create({"hidden": 8, "intermediate": 16, "layers": 1, "heads": 2,
                                               "max_positions": 64}), 0)
     other = tmp_path / "other"
     model.save_pretrained(other)
     tok.save_pretrained(other)
-    line = one_line_error(train(tmp_path, f"model.student.name_or_path={other}"))
-    assert line == ("cdistill: error: student and teacher tokenizers differ; token-level distillation needs the "
-                    "teacher's tokenizer")
+    line = one_line_error(train(tmp_path, f"model.student.name_or_path={other}", "constraint.cost=token_kl"))
+    assert line == ("cdistill: error: constraint.cost=token_kl compares the two distributions over one vocabulary, "
+                    "and the teacher's tokenizer differs from the student's: use constraint.cost=logratio or "
+                    "teacher_nll, or a teacher that shares the student's tokenizer")
 
 
 def test_output_directory_that_cannot_be_created_is_one_line(tmp_path):

@@ -295,7 +295,7 @@ def test_a_model_that_transformers_cannot_load_is_refused_naming_its_setting(tmp
     broken.mkdir()
     (broken / "config.json").write_text("{}")  # a model directory in name, with no tokenizer and no weights
     cfg = tiny_cfg(tmp_path, f"model.student.name_or_path={broken}", cache=cache)
-    with pytest.raises(ModelError, match=rf"^model.student.name_or_path={broken}: cannot load it \(Couldn't "
+    with pytest.raises(ModelError, match=rf"^model.student.name_or_path={broken}: cannot load its tokenizer \(Couldn't "
                                          r"instantiate the backend tokenizer from one of: \(1\) a `tokenizers`"):
         build_components(cfg)
 

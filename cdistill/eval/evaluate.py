@@ -29,6 +29,8 @@ def evaluate(parts, cfg, n_problems: int | None = None, with_samples: bool = Fal
     devices = [torch.cuda.current_device()] if parts.device.startswith("cuda") else []
     with torch.random.fork_rng(devices=devices), autocast(cfg, parts.device):
         torch.manual_seed(cfg.seed)
+        if getattr(policy, "cross_tokenizer", False):  # the teacher samples and is scored in its own tokenizer
+            parts, policy = policy.as_policy(parts), policy.model
         return _evaluate(parts, cfg, n_problems, with_samples, policy or parts.student)
 
 

@@ -104,8 +104,11 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
     shaping_data = without(without(data_cfg, "family_field"), "n_validation")
     if not shaping_data.get("validation_fraction"):
         shaping_data = without(shaping_data, "validation_fraction")
-    tok_key = cache_key(recipe.tokenizer, shaping_data)
     r = recipe[role]
+    # a teacher with its own tokenizer (model.embedded.teacher.tokenizer: another vocabulary size on the same texts,
+    # docs/methods.md "Teachers with another tokenizer"); without one, every key stays as it was
+    tok_recipe = OmegaConf.merge(recipe.tokenizer, r.tokenizer) if r.get("tokenizer") is not None else recipe.tokenizer
+    tok_key = cache_key(tok_recipe, shaping_data)
     flaw = r.get("flaw")
     if flaw is not None:
         check_flaw(flaw, task_cfg, role)
@@ -126,7 +129,7 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
                 if not arith.is_reserved(arith.computation({"answer": s}), seed, fraction, vfraction)]
 
     def make_tokenizer(out: Path) -> dict:
-        tok = build_tokenizer([a + b for a, b in pairs()], recipe.tokenizer.vocab_size)
+        tok = build_tokenizer([a + b for a, b in pairs()], tok_recipe.vocab_size)
         tok.save_pretrained(out)
         return {"vocab": len(tok)}
 
@@ -141,7 +144,7 @@ def ensure_built(recipe, task_cfg, cache_dir: str | Path, role: str) -> Path:
 
         print(f"building the embedded {role}{f' with the flaw {flaw!r}' if flaw else ''} (once; cached in {cache}) "
               "...", flush=True)
-        tok = AutoTokenizer.from_pretrained(tok_dir)  # one tokenizer (learnt from the correct solutions) for both
+        tok = AutoTokenizer.from_pretrained(tok_dir)  # learnt from the correct solutions (the teacher's own or shared)
         model = tiny_llama(tok, r.size, recipe.seed)
         t = time.time()
         losses = train_sft(model, tok, pairs(flaw), r.steps, r.lr, r.batch_size, seed=recipe.seed, warmup=r.warmup,

@@ -109,8 +109,11 @@ AT_TEMPERATURE_ONE = ScoringSpec()
 
 
 def output_weight(model) -> torch.Tensor | None:
-    """The output embedding [V, H] that full-vocabulary terms read; None for a teacher behind a server."""
-    return None if getattr(model, "served", False) else model.get_output_embeddings().weight
+    """The output embedding [V, H] that full-vocabulary terms read; None for a teacher behind a server or with
+    another vocabulary (``cdistill.models.cross_tokenizer``)."""
+    if getattr(model, "served", False) or getattr(model, "cross_tokenizer", False):
+        return None
+    return model.get_output_embeddings().weight
 
 
 def completion_forward(model, seq: Sequences, spec: ScoringSpec = AT_TEMPERATURE_ONE) -> CompletionForward:

@@ -56,14 +56,6 @@ def load_model(name_or_path: str, dtype: str = "float32", device: str = "cpu", q
     return model if quantization else model.to(device)
 
 
-def check_same_vocabulary(student_tok, teacher_tok) -> None:
-    """Token-level divergences compare distributions over the same tokens: the vocabularies must match."""
-    if student_tok.get_vocab() != teacher_tok.get_vocab():
-        raise ModelError(
-            "student and teacher tokenizers differ; token-level distillation needs the teacher's tokenizer"
-        )
-
-
 def real_vocab_size(model_a, model_b, tokenizer) -> int:
     """Rows of the output embedding shared by both models and the tokenizer (padding rows cut); a served teacher
     (None) has none here."""
@@ -153,7 +145,7 @@ def check_context(max_new_tokens: int, prompt: tuple[int, str, int], contexts: d
 
 
 @contextmanager
-def named(setting: str):
+def named(setting: str, what: str = "it"):
     """A library's refusal to load (transformers' first line is often cut off mid-sentence: "Couldn't instantiate
     the backend tokenizer from one of:") said with the setting that named what it could not load."""
     try:
@@ -164,7 +156,7 @@ def named(setting: str):
         if isinstance(e, OSError) and out_of_space(e):
             raise
         said = " ".join(ln.strip() for ln in str(e).splitlines() if ln.strip()) or type(e).__name__
-        raise ModelError(f"{setting}: cannot load it ({said if len(said) <= 240 else said[:237] + '...'})") from e
+        raise ModelError(f"{setting}: cannot load {what} ({said if len(said) <= 240 else said[:237] + '...'})") from e
 
 
 @dataclass
@@ -189,12 +181,12 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
         s_kw = {"gguf_file": cfg.model.student.gguf_file} if cfg.model.student.get("gguf_file") else {}
         s_named = f"model.student.name_or_path={cfg.model.student.name_or_path}"
     t_named = f"model.teacher.name_or_path={cfg.model.teacher.name_or_path}"
-    with named(t_named):
-        tokenizer = load_tokenizer(teacher_path, **t_kw)
+    with named(t_named, "its tokenizer"):
+        teacher_tok = load_tokenizer(teacher_path, **t_kw)
+    with named(s_named, "its tokenizer"):
+        student_tok = load_tokenizer(student_path, **s_kw)  # (adapter checkpoints hold one too)
+    tokenizer, teacher_tok = cross_tokenizer_check(cfg, student_tok, teacher_tok)
     task.bind_tokenizer(tokenizer)
-    with named(s_named):
-        student_tok = load_tokenizer(student_path, **s_kw)
-    check_same_vocabulary(student_tok, tokenizer)  # (adapter checkpoints hold one too)
     adapter = Path(student_path, "adapter_config.json").is_file()  # a LoRA checkpoint: base + adapter
     base_path = resolve_model_path(cfg.model.student.name_or_path, cfg) if adapter else student_path
     served = cfg.model.teacher.get("backend", "local") == "server"  # its name_or_path gives only the tokenizer
@@ -205,6 +197,7 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     contexts = {s_named: context_of(base_path, **s_kw),
                 t_named if not served else "the teacher's server (max_model_len)":
                     teacher.max_model_len if served else context_of(teacher_path, **t_kw)}
+    # counted in the run's tokens: a teacher with another tokenizer may need somewhat more of its own
     check_context(cfg.rollout.max_new_tokens, longest_prompt(task, tokenizer), contexts)
     with named(s_named):
         student = load_model(base_path, cfg.model.student.dtype, device, **s_kw)
@@ -216,7 +209,26 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
         teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
                              **t_kw).eval()
     teacher.requires_grad_(False)
+    if teacher_tok is not None:  # log-probs of the text, spread onto the student's tokens
+        from cdistill.models.cross_tokenizer import CrossTokenizerTeacher
+
+        teacher = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, real_vocab_size(teacher, teacher, teacher_tok))
+        return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
+
+
+def cross_tokenizer_check(cfg, student_tok, teacher_tok):
+    """(the run's tokenizer, the teacher's own or None): the teacher's when both tokenise alike (as every run did
+    before teachers with another tokenizer), else the student's, after refusing in one line, before any weights
+    load, what only a shared vocabulary can give (``cross_tokenizer.refusal``)."""
+    from cdistill.models.cross_tokenizer import different_vocabularies, refusal
+
+    if not different_vocabularies(student_tok, teacher_tok):
+        return teacher_tok, None
+    why = refusal(cfg)
+    if why:
+        raise ModelError(why)
+    return student_tok, teacher_tok
 
 
 def student_options(student, s_cfg, adapter_path: str | None = None):

@@ -148,8 +148,8 @@ class Dist:
         unless ``model.teacher.shard`` is false or its weights are quantized (bitsandbytes tensors do not
         shard): then each rank holds a full copy, as under DDP."""
         if not self.sharded or not t_cfg.get("shard", True) or t_cfg.get("quantization") or \
-                getattr(teacher, "served", False):
-            return teacher
+                getattr(teacher, "served", False) or getattr(teacher, "cross_tokenizer", False):
+            return teacher  # a teacher with another tokenizer is held whole: its forward is its own
         # accelerate's own FSDP2 wrapping of one model (its prepare() insists on an optimiser alongside)
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cdistill.models.cross_tokenizer import spread_over_tokens
 from cdistill.models.forward import CompletionForward, Sequences
 from cdistill.objectives.topk import TopK
 from cdistill.rollout.engines import EngineSampler, Sample, SamplingSpec
@@ -381,28 +382,6 @@ class ServedTeacher:
         if finish_reason == "stop" and len(ids) < spec.max_tokens:
             ids.append(spec.eos_token_id)
         return Sample(ids, [0.0] * len(ids))
-
-
-def spread_over_tokens(tok, ids: list[int], canon: list[int], canon_logp: list[float]) -> list[float]:
-    """Log-probs of ``canon`` (the tokenisation of ``ids``' text that a text-only server scores) put on the
-    positions of ``ids``. Where the two agree, each token gets its own; past the first difference, each of
-    ``canon``'s log-probs goes to the first token of ``ids`` whose text ends where its token ends or later, so that
-    every prefix ending on a shared boundary keeps its exact total (a token can get 0, or two tokens' sum)."""
-    a = next((k for k, (x, y) in enumerate(zip(ids, canon, strict=False)) if x != y), min(len(ids), len(canon)))
-    out = list(canon_logp[:a]) + [0.0] * (len(ids) - a)
-    if a == len(ids) == len(canon):
-        return out
-
-    def ends(seq):  # characters of text up to the end of each token (a token inside a character counts it)
-        return [len(tok.decode(seq[: k + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False))
-                for k in range(a, len(seq))]
-
-    mine, theirs, j = ends(ids), ends(canon), 0
-    for end, lp in zip(theirs, canon_logp[a:], strict=True):
-        while j < len(mine) - 1 and mine[j] < end:
-            j += 1
-        out[a + j] += lp
-    return out
 
 
 def connect(teacher_cfg, tokenizer, device="cpu") -> ServedTeacher:
