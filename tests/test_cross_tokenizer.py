@@ -381,3 +381,40 @@ def test_smollm2_teaches_the_embedded_student_across_tokenizers(tmp_path, cache)
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"reward"' in line]
     assert len(steps) == 2 and all(math.isfinite(s["loss"]) and math.isfinite(s["divergence_mean"]) for s in steps)
     assert math.isfinite(summary["teacher_accuracy_sampled"])
+
+
+class _ByteFallback:
+    """A tokenizer's decode as SentencePiece's byte fallback writes it: one U+FFFD per byte of an unfinished
+    character (byte-level BPE writes one for the whole unfinished character)."""
+
+    pieces = {1: b"x", 2: "中".encode(), 3: b"a", 4: "中".encode()[:1], 5: "中".encode()[1:2],
+              6: "中".encode()[2:]}
+
+    def decode(self, ids, **_):
+        data = b"".join(self.pieces[i] for i in ids)
+        text = data.decode("utf-8", errors="ignore")
+        return text + "\ufffd" * (len(data) - len(text.encode()))
+
+
+def test_byte_fallback_pieces_end_with_their_character_and_the_completion_keeps_its_own_total():
+    fallback = _ByteFallback()
+    pieces = [1, 4, 5, 6, 3]  # x, the three bytes of 中, a: decoded lengths 1, 2, 3, 2, 3
+    assert token_ends(fallback, pieces) == [1, 2, 2, 2, 3]
+    whole = [1, 2, 3]  # x, 中, a
+    # the student in byte pieces, the teacher whole: the prompt "x中" keeps -3, the completion "a" its own -4
+    assert spread(token_ends(fallback, pieces), token_ends(fallback, whole), [-1.0, -2.0, -4.0]) == \
+        [-1.0, -2.0, 0.0, 0.0, -4.0]
+    # and the other way round: 中's three pieces go to the student's 中, nothing of the prompt to "a"
+    assert spread(token_ends(fallback, whole), token_ends(fallback, pieces), [-1.0, -2.0, -4.0, -8.0, -16.0]) == \
+        [-1.0, -14.0, -16.0]
+
+
+def test_a_sequence_longer_than_the_teachers_own_context_is_refused_not_scored_past_it(setting):
+    student_tok, teacher_tok, teacher = setting
+    wrapped = CrossTokenizerTeacher(teacher, teacher_tok, student_tok, len(teacher_tok))
+    assert wrapped.context == 512
+    rows = [(student_tok("12 + 7 = ").input_ids, student_tok("19").input_ids)]
+    wrapped.completion_forward(batch(rows, student_tok.pad_token_id))  # fits
+    wrapped.context = 4  # a teacher whose positions end sooner than this sequence in its tokens
+    with pytest.raises(ValueError, match=r"tokens in the teacher's own tokenizer, more than its context \(4\)"):
+        wrapped.completion_forward(batch(rows, student_tok.pad_token_id))

@@ -27,9 +27,16 @@ from cdistill.models.forward import AT_TEMPERATURE_ONE, CompletionForward, Seque
 def token_ends(tok, ids: list[int], start: int = 0) -> list[int]:
     """Characters of ``ids``' text up to the end of each token from ``start`` on (a token ending inside a character,
     as byte-level pieces can, counts that character). Decoding every prefix needs nothing of a tokenizer beyond
-    ``decode``: no offset mapping, which slow and server-side tokenizers lack."""
-    return [len(tok.decode(ids[: k + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False))
+    ``decode``: no offset mapping, which slow and server-side tokenizers lack.
+
+    A SentencePiece byte-fallback decoder writes one U+FFFD per byte of an unfinished character, so a prefix can
+    decode longer than the next one ('x��' before 'x中'): each end is the least of its own and every later one's,
+    which puts such pieces at the end of their character, as byte-level BPE's decoder does by itself."""
+    ends = [len(tok.decode(ids[: k + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False))
             for k in range(start, len(ids))]
+    for k in range(len(ends) - 2, -1, -1):
+        ends[k] = min(ends[k], ends[k + 1])
+    return ends
 
 
 def spread(my_ends: list[int], their_ends: list[int], their_logp: list[float],
@@ -115,6 +122,8 @@ class CrossTokenizerTeacher:
 
     def __init__(self, model, tokenizer, student_tokenizer, vocab: int):
         self.model, self.tokenizer, self.student_tokenizer, self.vocab = model, tokenizer, student_tokenizer, vocab
+        # checked before the run in the student's tokens; the teacher's own may be more (cdistill.models.loading)
+        self.context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.name_or_path = getattr(model, "name_or_path", "teacher")
         probe = tokenizer("a").input_ids
         self.bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and probe[:1] == [
@@ -178,6 +187,9 @@ class CrossTokenizerTeacher:
                              "and an empty prompt)")
         dev = next(self.model.parameters()).device
         width = max(len(s) for s in seqs)
+        if self.context is not None and width > self.context:
+            raise ValueError(f"a prompt and completion are {width} tokens in the teacher's own tokenizer, more than "
+                             f"its context ({self.context}): lower rollout.max_new_tokens")
         first = torch.tensor([[s[0]] for s in seqs], device=dev)
         rest = torch.full((len(seqs), width - 1), self.tokenizer.pad_token_id, device=dev)
         mask = torch.zeros_like(rest, dtype=torch.bool)
