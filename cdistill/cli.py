@@ -45,6 +45,7 @@ def discard_refused_output() -> None:
     of this command's checks ran. It is removed, with the directories above it that Hydra made for it
     (``<run>/eval/``), when this command made it and it holds only Hydra's files; a directory that existed before
     is left as it is (Hydra has rewritten its ``.hydra/`` record)."""
+    import logging
     import shutil
 
     from hydra.core.hydra_config import HydraConfig
@@ -57,6 +58,13 @@ def discard_refused_output() -> None:
     made = not EXISTED.get(out, out.parent not in EXISTED)  # unknown, and its parent unrecorded: not ours
     if not made or not out.is_dir() or not {p.name for p in out.iterdir()} <= {".hydra", f"{hc.job.name}.log"}:
         return
+    # Hydra's log handler still points into it: closed first, or the next line logged in this process (a test
+    # suite, a notebook) would fail on the file it can no longer open
+    for logger in [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]:
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).is_relative_to(out):
+                handler.close()
+                logger.removeHandler(handler)
     shutil.rmtree(out)
     for d in out.parents:
         if EXISTED.get(d, True) or any(d.iterdir()):

@@ -195,7 +195,7 @@ class Preemption:
         if signum == signal.SIGTERM and self._expired:  # sent by the grace timer
             self._halt(signal.SIGTERM, self.grace)
         if signum == signal.SIGTERM and pending:
-            if time.monotonic() - self._first_at < ECHO_SECONDS:
+            if self.first == signal.SIGTERM and time.monotonic() - self._first_at < ECHO_SECONDS:
                 return
             self._halt(signum)
         if pending:  # another warning (SIGUSR1, submitit's): the stop already asked for stands

@@ -352,3 +352,18 @@ def test_a_served_teachers_directory_needs_only_its_tokenizer(tmp_path):
     with pytest.raises(schema.ConfigError, match=r"holds no tokenizer \(no tokenizer_config.json\)$"):
         validate(tiny_cfg(tmp_path, f"model.teacher.name_or_path={tok}", "model.teacher.backend=server",
                           "model.teacher.server.base_url=http://127.0.0.1:1/v1", "model.teacher.server.model=t"))
+
+
+def test_a_refusal_in_process_removes_its_run_directory_and_logging_still_works(tmp_path, monkeypatch, capfd):
+    # Hydra's log file handler pointed into the removed directory: the next line logged in the same process (the
+    # test suite's next test, a notebook) failed on the file it could no longer open
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    code, _ = run(capfd, ["train", "hydra.run.dir=run", "paths.cache=cache", "optim.steps=0"])
+    assert code == 2 and not (tmp_path / "run").exists()
+    loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+    into = [h for lg in loggers for h in lg.handlers if isinstance(h, logging.FileHandler)
+            and Path(h.baseFilename).is_relative_to(tmp_path / "run")]
+    assert into == []  # a closed one would be opened again by the next record (Python 3.11), and fail
+    logging.getLogger("cdistill.models.embedded").info("still logging")
