@@ -373,14 +373,14 @@ def check_keys(cmd: str, overrides: list[str]) -> None:
     suggests ``+optim.stepz=``, which is refused in turn; here it is one line naming the nearest real key. Config
     groups (``method=``, ``hydra/launcher=``), Hydra's own keys and ``+``/``~`` overrides are left to Hydra and
     the schema."""
-    from cdistill.schema import settings, unknown_key
+    from cdistill.schema import TABLES, entry, settings, unknown_key
 
     known = settings(cmd)
     groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     for o in overrides:
         key, sep, _ = o.partition("=")
         if not sep or o.startswith(("-", "+", "~")) or "/" in key or "@" in key or key in groups \
-                or key.split(".")[0] == "hydra" or key in known:
+                or key.split(".")[0] == "hydra" or key in known or entry(TABLES[cmd], key) is not None:
             continue
         fail(unknown_key(key, cmd))
 

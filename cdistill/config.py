@@ -5,6 +5,7 @@ from __future__ import annotations
 from cdistill import schema
 from cdistill.methods import build_method
 from cdistill.schema import ConfigError
+from cdistill.teachers import FIRST, SAMPLED_COSTS, other_constraints, other_teachers
 
 
 def validate(cfg, command: str = "train") -> None:
@@ -49,8 +50,9 @@ def validate(cfg, command: str = "train") -> None:
             what = "task.validation_fraction" if embedded else "task.n_validation"
             raise ConfigError(f"eval.split=validation, but task {cfg.task.name!r} has no validation split: set "
                               f"{what} above 0")
-    try:  # each method checks its own options (and weakest_link its constraint)
-        method = build_method(cfg.method, cfg.constraint, cfg.optim)
+    _several_budgets(cfg)
+    try:  # each method checks its own options (and weakest_link its constraint), and refuses budgets it cannot hold
+        method = build_method(cfg.method, cfg.constraint, cfg.optim, others=other_constraints(cfg))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if method.group_relative and cfg.optim.adv_baseline == "group" and cfg.rollout.samples_per_prompt < 2:
@@ -66,6 +68,10 @@ def validate(cfg, command: str = "train") -> None:
         served = role == "teacher" and cfg.model.teacher.get("backend", "local") == "server"
         _model_address(cfg.model[role].name_or_path, f"model.{role}.name_or_path", cfg.model[role].get("gguf_file"),
                        tokenizer_only=served)
+    for name in other_teachers(cfg):
+        t = cfg.model.teachers[name]
+        _model_address(t.name_or_path, f"model.teachers.{name}.name_or_path", t.get("gguf_file"),
+                       tokenizer_only=t.get("backend", cfg.model.teacher.get("backend", "local")) == "server")
     _cache(cfg.paths.cache)
     q = cfg.model.teacher.get("quantization")
     if q:
@@ -75,6 +81,40 @@ def validate(cfg, command: str = "train") -> None:
             quantization_config(q, None)
         except ModelError as e:
             raise ConfigError(f"model.teacher.quantization: {e}") from None
+
+
+def _several_budgets(cfg) -> None:
+    """Every further constraint complete and on a teacher that exists, with a cost that needs only the sampled
+    tokens' log-probs; every further teacher named by some constraint and given its address."""
+    teachers = dict(cfg.model.get("teachers") or {})
+    for name, c in other_constraints(cfg):
+        key = f"constraints.{name}"
+        if name == FIRST:
+            raise ConfigError(f"{key}: the name {FIRST!r} is the first constraint's (constraint.*); give this one "
+                              "another name")
+        for field, what in (("teacher", f"{FIRST} or a key of model.teachers"), ("cost", " | ".join(SAMPLED_COSTS)),
+                            ("kind", "sum | mean | prefix_mean"), ("threshold", "its budget d > 0")):
+            if c.get(field) is None:
+                raise ConfigError(f"{key}.{field} is required ({what})")
+        if c.teacher != FIRST and c.teacher not in teachers:
+            known = ", ".join([FIRST, *teachers])
+            raise ConfigError(f"{key}.teacher={c.teacher} names no teacher (the teachers: {known}; add "
+                              f"model.teachers.{c.teacher}.name_or_path=...)")
+        if c.cost not in SAMPLED_COSTS:
+            raise ConfigError(f"{key}.cost={c.cost}: a further constraint's cost reads only the sampled tokens' "
+                              f"log-probs ({' | '.join(SAMPLED_COSTS)}); token_kl is the first constraint's "
+                              "(constraint.cost) alone")
+    named = set(other_teachers(cfg))
+    for name, t in teachers.items():
+        if name not in named:
+            raise ConfigError(f"model.teachers.{name} is named by no constraint (constraints.<name>.teacher="
+                              f"{name}): remove it, or give it a budget")
+        if t.get("name_or_path") is None:
+            raise ConfigError(f"model.teachers.{name}.name_or_path is required (a Hugging Face id, a local path or "
+                              "embedded:teacher)")
+        if t.get("embedded") and t.name_or_path != "embedded:teacher":
+            raise ConfigError(f"model.teachers.{name}.embedded changes the embedded teacher's recipe, but the "
+                              f"teacher is {t.name_or_path}: set its name_or_path to embedded:teacher or drop embedded")
 
 
 def _model_address(name, key: str, gguf_file: str | None = None, tokenizer_only: bool = False) -> None:

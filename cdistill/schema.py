@@ -196,8 +196,8 @@ NONNEGATIVE = Real(0)
 FRACTION = Real(0, 1)
 
 
-def _embedded_model(role: str) -> dict:
-    p = f"model.embedded.{role}."
+def _embedded_model(role: str, under: str = "model.embedded.") -> dict:
+    p = f"{under}{role}."
     return {
         **{p + "size." + k: COUNT for k in ("hidden", "intermediate", "layers", "heads", "max_positions")},
         p + "size.tie_embeddings": Flag(),
@@ -278,6 +278,20 @@ TRAIN: dict[str, object] = {
     "task.held_out_fraction": Real(0, 1, open_lo=True, open_hi=True),
     "task.validation_fraction": Real(0, 1, open_hi=True), "task.n_validation": Whole(0),
     "task.difficulty.min_steps": COUNT, "task.difficulty.max_steps": COUNT, "task.difficulty.max_operand": Whole(2),
+    # several budgets, one per teacher (cdistill/teachers.py): entries named by the user, "*" in the table
+    "constraints.*": Section(), "constraints.*.teacher": Text(), "constraints.*.cost": OneOf(tuple(COSTS)),
+    "constraints.*.kind": OneOf(KINDS), "constraints.*.threshold": POSITIVE,
+    "model.teachers.*": Section(), **_model("teachers.*"),
+    "model.teachers.*.quantization": Maybe(OneOf(("8bit", "4bit"))), "model.teachers.*.shard": Flag(),
+    "model.teachers.*.backend": OneOf(("local", "server")), "model.teachers.*.server.base_url": Text(("://",)),
+    "model.teachers.*.server.model": Maybe(Text()), "model.teachers.*.server.api": OneOf(APIS),
+    "model.teachers.*.server.api_key_env": Maybe(Text()), "model.teachers.*.server.timeout": POSITIVE,
+    "model.teachers.*.server.retries": Whole(0), "model.teachers.*.server.max_concurrency": COUNT,
+    "model.teachers.*.server.top_k": Whole(0),
+    "model.teachers.*.embedded": Maybe(Section()), **_embedded_model("teachers.*.embedded", "model."),
+    "model.teachers.*.embedded.flaw": Maybe(OneOf(tuple(FLAWS))),
+    "model.teachers.*.embedded.tokenizer.vocab_size": COUNT,
+    "method.penalties": Maybe(Section()), "method.penalties.*": NONNEGATIVE,  # soft_penalty: a weight per constraint
 }
 
 EVAL: dict[str, object] = {
@@ -333,7 +347,7 @@ def check(cfg, command: str, unknown: bool = True) -> None:
     with ``unknown``, refuse a key without an entry too."""
     table = TABLES[command]
     for key, value in [*leaves(cfg), *leaves(cfg, copies=True)]:
-        spec = table.get(key)
+        spec = entry(table, key)
         if spec is None:
             if isinstance(value, dict) or not unknown:  # a plain mapping: its keys are checked one by one
                 continue
@@ -341,6 +355,19 @@ def check(cfg, command: str, unknown: bool = True) -> None:
         problem = spec.problem(key, value)
         if problem:
             raise ConfigError(problem)
+
+
+def entry(table: dict, key: str):
+    """``key``'s entry: its own, or one whose ``*`` stands for a name the user gives (``constraints.*.cost``)."""
+    spec = table.get(key)
+    if spec is not None:
+        return spec
+    parts = key.split(".")
+    for i in range(len(parts)):
+        spec = table.get(".".join([*parts[:i], "*", *parts[i + 1:]]))
+        if spec is not None:
+            return spec
+    return None
 
 
 def settings(command: str) -> set[str]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 
 from cdistill.models.forward import CompletionForward, completion_forward, output_weight, prompt_groups
-from cdistill.objectives import COSTS, Scored, ScoringSpec, constraint_stats, logratio_cost
+from cdistill.objectives import COSTS, Budget, Scored, ScoringSpec, constraint_stats, logratio_cost
 from cdistill.objectives.topk import TopK
 from cdistill.rollout.sampling import Rollout
 from cdistill.runtime import out_of_memory_hint
+from cdistill.teachers import FIRST, other_constraints
 
 
 def scoring_spec(cfg, vocab: int, group_size: int = 1) -> ScoringSpec:
@@ -40,7 +41,11 @@ def score_rollout(rollout: Rollout, problems, parts, cfg, policy=None, keep_teac
     # scored once, at temperature 1, and its divergence from itself is zero
     served_policy = getattr(policy, "served", False)
     weights = {"student_weight": output_weight(policy), "teacher_weight": output_weight(parts.teacher)}
-    parts_of, teacher_hidden = [], []
+    # further budgets, each on its teacher (None: not measurable here, a teacher evaluated in its own tokenizer)
+    teachers = getattr(parts, "teachers", {})
+    others = other_constraints(cfg) if teachers is not None else []
+    further = {c.teacher for _, c in others} - {FIRST}
+    parts_of, teacher_hidden, further_logp = [], [], {name: [] for name in further}
     for start in range(0, seq.input_ids.shape[0], micro_batch):
         mb = seq.select(slice(start, start + micro_batch))
         if student_pass is None:
@@ -59,6 +64,10 @@ def score_rollout(rollout: Rollout, problems, parts, cfg, policy=None, keep_teac
                                student_hidden=s.hidden, teacher_hidden=t.hidden, teacher_topk=t.topk, spec=spec,
                                **weights)
         parts_of.append((s.logp, t.logp, c, s.entropy))
+        for name in further:
+            with out_of_memory_hint(f"teacher {name!r}'s forward on {mb.input_ids.shape[0]} sequences", "lower "
+                                    "scoring.micro_batch, or load it in bfloat16 (model.teachers.<name>.dtype)"):
+                further_logp[name].append(completion_forward(teachers[name], mb, teacher_spec).logp)
         if keep_teacher_hidden or cost.needs_hidden:
             teacher_hidden.append(t.hidden if t.topk is None else t.topk)
     s_logp, t_logp, costs, entropy = (torch.cat(x) for x in zip(*parts_of, strict=True))
@@ -67,8 +76,15 @@ def score_rollout(rollout: Rollout, problems, parts, cfg, policy=None, keep_teac
                           device=mask.device)
     kept = teacher_hidden[0] if teacher_hidden else None
     topk = TopK(*(torch.cat(x) for x in zip(*teacher_hidden, strict=True))) if isinstance(kept, TopK) else None
+    logps = {FIRST: t_logp, **{name: torch.cat(x) for name, x in further_logp.items()}}
+    budgets = []
+    for name, c in others:
+        tl = logps[c.teacher]
+        cc = COSTS[c.cost].per_token(student_logp=s_logp, teacher_logp=tl, mask=mask)
+        budgets.append(Budget(name, tl, cc, constraint_stats(cc, mask, c.threshold, c.kind)))
     return Scored(mask=mask, task_reward=reward, old_logp=s_logp, teacher_logp=t_logp, costs=costs,
                   stats=constraint_stats(costs, mask, constraint.threshold, constraint.kind),
                   group_size=rollout.group_size, teacher_topk=topk,
                   teacher_hidden=torch.cat(teacher_hidden) if teacher_hidden and topk is None else None,
-                  sampler_logp=rollout.sampler_logp, entropy=entropy, sampled_kl=logratio_cost(s_logp, t_logp, mask))
+                  sampler_logp=rollout.sampler_logp, entropy=entropy, sampled_kl=logratio_cost(s_logp, t_logp, mask),
+                  others=tuple(budgets))

@@ -56,6 +56,7 @@ from cdistill.runtime import (
     seed_everything,
 )
 from cdistill.scoring import score_rollout, scoring_spec
+from cdistill.teachers import other_constraints, teacher_config
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,8 @@ def micro_batch_loss(run: Run, scored: Scored, *, rows: torch.Tensor, forward: C
     batch = MicroBatch(rows, forward.logp, forward.hidden, scored.mask[rows], scored.teacher_logp[rows],
                        None if scored.teacher_hidden is None else scored.teacher_hidden[rows],
                        output_weight(student), output_weight(teacher), scoring_spec(run.cfg, run.parts.vocab),
-                       None if scored.teacher_topk is None else scored.teacher_topk.select(rows))
+                       None if scored.teacher_topk is None else scored.teacher_topk.select(rows),
+                       tuple(o.teacher_logp[rows] for o in scored.others))
     extra = run.method.extra_loss(scored, batch, denom)
     return (loss if extra is None else loss + extra), stats["clip_frac"]
 
@@ -312,7 +314,8 @@ def set_up(cfg, run_dir: Path) -> Run:
     dist.barrier()  # every rank has chosen (and read) its checkpoint before damaged newer ones are moved aside
     if resume_from is not None and dist.is_main:
         checkpoint.set_aside_newer(run_dir, resume_from)
-    method = build_method(cfg.method, cfg.constraint, cfg.optim, reduce_mean=dist.mean, seed=cfg.seed)
+    method = build_method(cfg.method, cfg.constraint, cfg.optim, reduce_mean=dist.mean, seed=cfg.seed,
+                          others=other_constraints(cfg))
     validate_launch(cfg, method, dist.sharded)
     seed_everything(cfg.seed)
     with dist.main_first():
@@ -324,6 +327,7 @@ def set_up(cfg, run_dir: Path) -> Run:
     # under FSDP the optimiser is re-pointed at the sharded parameters, and the student at the FSDP root
     parts.student, student_forward, optimizer = dist.prepare(parts.student, optimizer)
     parts.teacher = dist.prepare_teacher(parts.teacher, cfg.model.teacher)
+    parts.teachers = {name: dist.prepare_teacher(t, teacher_config(cfg, name)) for name, t in parts.teachers.items()}
     r = cfg.rollout
     # the engine only needs the architecture from this path: the student's weights are pushed before sampling
     sampler = build_sampler(cfg, parts, resolve_model_path(cfg.model.student.name_or_path, cfg), dist.rank)

@@ -14,6 +14,7 @@ from cdistill.rollout.sources import budget_tracking
 from cdistill.runtime import autocast
 from cdistill.scoring import score_rollout
 from cdistill.tasks.base import family_order
+from cdistill.teachers import FIRST, describe
 
 
 def evaluate(parts, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
@@ -90,6 +91,8 @@ def _evaluate(parts, cfg, n_problems, with_samples, policy):
         report["split"] = split
     report.update(n_problems=len(problems), samples_per_problem=ev.samples, threshold=cfg.constraint.threshold,
                   cost=cfg.constraint.cost, kind=cfg.constraint.kind, extraction=parts.task.extraction)
+    if any("@" in k for k in report):  # several budgets, measured: what each one is
+        report["constraints"] = describe(cfg)
     if family_sums:  # the task tags its problems with families (task.family_field)
         report["families"] = family_report(family_sums, ev.samples)
     return report, records
@@ -136,7 +139,9 @@ def sample_records(problems, greedy_texts, greedy_correct, greedy_answers, sampl
                    samples: int) -> list[dict]:
     """One record per problem: its greedy answer and its sampled ones with their grades, extracted answers
     (null: none could be read), divergences C(y) and peaks (the largest running C_t: with ``peak`` a report
-    can read the never-exceeded constraint at any budget)."""
+    can read the never-exceeded constraint at any budget). With several budgets, ``satisfied`` and
+    ``never_exceeded`` are joint, and ``budgets`` holds each constraint's own."""
+    joint = scored.joint()
     return [{
         "question": p.question, **({"family": p.family} if p.family is not None else {}),
         "gold": p.gold, "greedy": greedy_texts[i], "greedy_correct": bool(greedy_correct[i]),
@@ -144,9 +149,18 @@ def sample_records(problems, greedy_texts, greedy_correct, greedy_answers, sampl
         "samples": [{
             "text": sampled_texts[r], "answer": answers[r], "correct": bool(scored.task_reward[r] > 0),
             "divergence": float(scored.stats.value[r]), "peak": float(scored.stats.peak[r]),
-            "satisfied": bool(scored.stats.satisfied[r]), "never_exceeded": bool(scored.stats.violation_step[r] < 0),
+            "satisfied": bool(joint.satisfied[r]), "never_exceeded": bool(joint.violation_step[r] < 0),
+            **({"budgets": budgets_of(scored, r)} if scored.others else {}),
         } for r in range(i * samples, (i + 1) * samples)],
     } for i, p in enumerate(problems)]
+
+
+def budgets_of(scored, r: int) -> dict:
+    """Completion ``r``'s value, peak and satisfaction under each constraint, by name."""
+    names = [FIRST, *(o.name for o in scored.others)]
+    return {name: {"divergence": float(s.value[r]), "peak": float(s.peak[r]), "satisfied": bool(s.satisfied[r]),
+                   "never_exceeded": bool(s.violation_step[r] < 0)}
+            for name, s in zip(names, scored.all_stats(), strict=True)}
 
 
 def write_eval(out_dir: Path, report: dict, records: list[dict]) -> None:
@@ -175,6 +189,8 @@ def constraint_label(report: dict) -> str:
 def format_report(report: dict) -> str:
     head = (f"evaluation on {report['n_problems']} problems x {report['samples_per_problem']} samples, constraint "
             f"{constraint_label(report)}")
+    if "constraints" in report:
+        head += f" and {len(report['constraints']) - 1} more (rates: every budget met by the same sample)"
     lines = [head]
     for label, key in ROWS:
         if key in report:  # a report written before the metric existed lacks it
@@ -182,6 +198,11 @@ def format_report(report: dict) -> str:
             if key == "accuracy_sampled" and "accuracy_sampled_low" in report:
                 lines[-1] += (f"   95% interval [{report['accuracy_sampled_low']:.3f}, "
                               f"{report['accuracy_sampled_high']:.3f}] (over problems)")
+    for name, c in report.get("constraints", {}).items():  # several budgets: the rates above are joint
+        lines.append(f"  budget {name!r} ({c['kind']} of {c['cost']} <= {c['threshold']:g}, teacher "
+                     f"{c['teacher']!r}): mean C(y) {report[f'divergence_mean@{name}']:.2f}; satisfied "
+                     f"{report[f'satisfaction_rate@{name}']:.3f}; never exceeded "
+                     f"{report[f'never_exceeded_rate@{name}']:.3f}")
     for name, fam in report.get("families", {}).items():
         lines.append(f"  family {name!r} ({fam['n_problems']} problems): accuracy {fam['accuracy_sampled']:.3f} "
                      f"sampled, {fam['accuracy_greedy']:.3f} greedy; mean C(y) {fam['divergence_mean']:.2f}; "

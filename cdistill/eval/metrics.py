@@ -4,27 +4,37 @@ from __future__ import annotations
 
 import torch
 
-from cdistill.objectives import Scored, token_mean
+from cdistill.objectives import ConstraintStats, Scored, token_mean
+from cdistill.teachers import FIRST
 
 
 def quantile(x: torch.Tensor, q: float) -> float:
     return float(torch.quantile(x.double(), q)) if x.numel() else float("nan")
 
 
+def rates(correct: torch.Tensor, stats: ConstraintStats, suffix: str = "") -> dict[str, torch.Tensor]:
+    """Each completion's satisfaction and success under ``stats``: the constraint read at the end (C(y) <= d) and
+    on every prefix (never exceeded: the Sauté reading, under which cmdp forfeits the reward); they differ when
+    costs can be negative (logratio)."""
+    satisfied, never = stats.satisfied, stats.violation_step < 0
+    return {f"satisfaction_rate{suffix}": satisfied.double(), f"success_rate{suffix}": (correct & satisfied).double(),
+            f"never_exceeded_rate{suffix}": never.double(),
+            f"success_never_exceeded_rate{suffix}": (correct & never).double()}
+
+
 def per_sample(b: Scored) -> dict[str, torch.Tensor]:
     """Each completion's value of the metrics that are means over completions: a batch's summary averages them,
-    evaluation's per-family report sums them by family."""
-    correct, satisfied, never = b.task_reward > 0, b.stats.satisfied, b.stats.violation_step < 0
-    return {
-        "reward": b.task_reward,
-        "divergence_mean": b.stats.value,
-        # the constraint read at the end (C(y) <= d) and on every prefix (never exceeded: the Sauté reading, under
-        # which cmdp forfeits the reward); they differ when costs can be negative (logratio)
-        "satisfaction_rate": satisfied.double(),
-        "success_rate": (correct & satisfied).double(),
-        "never_exceeded_rate": never.double(),
-        "success_never_exceeded_rate": (correct & never).double(),
-    }
+    evaluation's per-family report sums them by family. With several budgets (``constraints``) the rates are joint
+    (every budget met by the same completion) and each constraint's own follow as ``<metric>@<name>``;
+    ``divergence_mean`` stays the first constraint's."""
+    correct = b.task_reward > 0
+    out = {"reward": b.task_reward, "divergence_mean": b.stats.value, **rates(correct, b.joint())}
+    if b.others:
+        names = [FIRST, *(o.name for o in b.others)]
+        for name, stats in zip(names, b.all_stats(), strict=True):
+            out[f"divergence_mean@{name}"] = stats.value
+            out.update(rates(correct, stats, f"@{name}"))
+    return out
 
 
 def batch_summary(b: Scored) -> dict[str, float]:
@@ -49,4 +59,5 @@ def batch_summary(b: Scored) -> dict[str, float]:
         "entropy": float(token_mean(b.entropy, b.mask)),
         "length_mean": float(lengths.mean()),
         "length_max": float(lengths.max()) if lengths.numel() else 0.0,
+        **{k: v for k, v in means.items() if "@" in k},
     }

@@ -17,12 +17,16 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
-def build_method(cfg, constraint, optim, reduce_mean=None, seed: int = 0) -> Method:
+def build_method(cfg, constraint, optim, reduce_mean=None, seed: int = 0, others=()) -> Method:
     """The method ``cfg.name`` with its options; ``reduce_mean`` averages a number over every process,
-    ``seed`` is the run's (the same on every rank)."""
+    ``seed`` is the run's (the same on every rank); ``others``: the constraints after ``constraint``, as
+    ``(name, config)`` pairs (``cdistill.teachers.other_constraints``)."""
     if cfg.name not in METHODS:
         raise ValueError(f"unknown method {cfg.name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.name](cfg, constraint, optim, reduce_mean=reduce_mean, seed=seed)
+    kind = METHODS[cfg.name]
+    if others and not kind.follows_several_budgets:
+        raise ValueError(kind.several_budgets_refusal)
+    return kind(cfg, constraint, optim, reduce_mean=reduce_mean, seed=seed, others=others)
 
 
 __all__ = ["METHODS", "Method", "build_method"]

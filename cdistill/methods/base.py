@@ -30,8 +30,11 @@ class Method:
 
     name = "base"
 
-    def __init__(self, cfg, constraint, optim, reduce_mean=None, seed: int = 0):
+    def __init__(self, cfg, constraint, optim, reduce_mean=None, seed: int = 0, others=()):
         self.cfg, self.constraint, self.optim = cfg, constraint, optim
+        # the constraints after the first, as (name, its config) pairs: one budget per teacher (``constraints``);
+        # a method that cannot follow them refuses in ``cdistill.config`` before anything is built
+        self.others = tuple(others)
         # the mean of a per-rank number over every process (under accelerate launch; the identity alone)
         self.reduce_mean = reduce_mean or (lambda x: x)
         self.seed = seed  # the run's seed, the same on every rank
@@ -69,6 +72,9 @@ class Method:
     # unset by methods whose training never reads the budget d (a report compares them with cmdp at cmdp's d,
     # and two budget-trained methods only at the same d)
     trains_on_budget = True
+    # unset by methods whose objective cannot hold one budget per teacher (``constraints``): they refuse them
+    follows_several_budgets = True
+    several_budgets_refusal = ""
 
     def source(self, step: int) -> Source:
         """Where this step's completions come from (``rollout.sources.Source``): the student's own samples
@@ -89,19 +95,20 @@ class Method:
         "after the first violation"); with a fixed-length ``mean`` or a ``prefix_mean`` it is not."""
         return True
 
-    def cost_in_return(self, b: Scored, rows: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
-        """[b] what the cost takes from each completion's return, differentiable in ``costs`` ([b, T] c_t of
-        the completions ``rows``, with the student's gradient). Only called when ``holds_cost``."""
+    def cost_in_return(self, b: Scored, rows: torch.Tensor, costs: list[torch.Tensor]) -> torch.Tensor:
+        """[b] what the costs take from each completion's return, differentiable in ``costs`` (one [b, T] c_t of
+        the completions ``rows`` per constraint, the first one's first, with the student's gradient). Only called
+        when ``holds_cost``."""
         raise NotImplementedError
 
     def pathwise_needed(self) -> bool:
         """The pathwise term is added where its expectation is not zero: for token_kl always; for logratio,
         whose ∇θ c_t = ∇θ log π_θ(y_t|s_t) has zero mean given the prefix, only when a cost's weight is not
         decided by the prefix (soft_penalty / lagrangian with a mean or prefix_mean constraint)."""
-        cost = COSTS[self.constraint.cost]
-        if not (self.holds_cost() and cost.depends_on_student and self.constraint.get("pathwise_gradient", True)):
+        if not (self.holds_cost() and self.constraint.get("pathwise_gradient", True)):
             return False
-        return cost.pathwise or not self.cost_weights_set_by_prefix()
+        costs = [COSTS[c.cost] for c in (self.constraint, *(c for _, c in self.others))]
+        return any(c.depends_on_student and (c.pathwise or not self.cost_weights_set_by_prefix()) for c in costs)
 
     def pathwise_loss(self, b: Scored, batch: MicroBatch, denom: torch.Tensor) -> torch.Tensor | None:
         """The pathwise part of the gradient of a return that holds a cost depending on θ: ∇θ of what the cost
@@ -111,7 +118,8 @@ class Method:
         expectation is zero (``pathwise_needed``) or with ``constraint.pathwise_gradient=false``."""
         if not self.pathwise_needed():
             return None
-        lost = self.cost_in_return(b, batch.rows, batch.cost(self.constraint.cost))
+        lost = self.cost_in_return(b, batch.rows,
+                                   batch.all_costs(self.constraint.cost, tuple(c.cost for _, c in self.others)))
         scale = 1.0 if self.scale is None else self.scale[batch.rows]  # methods that do not normalise: opd
         return (lost / scale).sum() / denom
 

@@ -36,7 +36,7 @@ class OPD(Method):
         return self.cfg.estimator == "sampled" and self.cfg.returns == "to_go"  # the return −Σ_t c_t
 
     def cost_in_return(self, b: Scored, rows, costs):
-        return costs.sum(1)
+        return costs[0].sum(1)  # the first constraint's teacher: further budgets are only measured
 
     def extra_loss(self, b: Scored, batch, denom):
         if self.cfg.estimator != "full":

@@ -13,6 +13,11 @@ from cdistill.rollout.source import Source
 class Saute(CMDP):
     name = "saute"
     conditions_on_budget = True
+    follows_several_budgets = False
+    several_budgets_refusal = ("saute conditions the student on one remaining budget, tracked token by token beside "
+                               "one teacher; several budgets (constraints) would need an input and a tracking "
+                               "teacher per budget: use cmdp (the same absorbing reward, without the input), or one "
+                               "constraint")
 
     def source(self, step: int) -> Source:
         return Source.BUDGET

@@ -21,6 +21,10 @@ class WeakestLink(Method):
     name = "weakest_link"
     group_relative = True
     needs_teacher_hidden = True
+    follows_several_budgets = False
+    several_budgets_refusal = ("weakest_link's exact term is the expected modified reward over one teacher's "
+                               "distribution; with several budgets (constraints) it would need every teacher's at "
+                               "every position: use cmdp, lagrangian or soft_penalty, or one constraint")
 
     def __init__(self, cfg, constraint, optim, **kwargs):
         super().__init__(cfg, constraint, optim, **kwargs)

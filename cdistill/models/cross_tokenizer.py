@@ -207,5 +207,6 @@ class CrossTokenizerTeacher:
         task = copy.copy(parts.task)
         task.chat_tokenizer, task.add_special_tokens = None, True
         task.bind_tokenizer(self.tokenizer)
+        # further budgets' teachers score the run's tokens, not this one's: not measured here (teachers=None)
         return dataclasses.replace(parts, task=task, tokenizer=self.tokenizer, student=self.model,
-                                   teacher=self.model, vocab=self.vocab)
+                                   teacher=self.model, vocab=self.vocab, teachers=None)

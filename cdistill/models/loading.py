@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -167,9 +167,20 @@ class Components:
     teacher: torch.nn.Module
     vocab: int
     device: str
+    # the teachers of further constraints, by name (``model.teachers``); None where they cannot be measured (a
+    # teacher evaluated as the policy in its own tokenizer)
+    teachers: dict | None = field(default_factory=dict)
 
 
 def build_components(cfg, student_path: str | None = None, device: str | None = None) -> Components:
+    """The run's task, tokenizer, student and teachers: the first teacher (``model.teacher``), then the teachers of
+    further constraints (``model.teachers``)."""
+    parts = first_teacher_components(cfg, student_path, device)
+    parts.teachers = other_teacher_models(cfg, parts)
+    return parts
+
+
+def first_teacher_components(cfg, student_path: str | None = None, device: str | None = None) -> Components:
     device = device or pick_device(cfg.device)
     task = build_task(cfg.task)
     teacher_path = resolve_model_path(cfg.model.teacher.name_or_path, cfg)
@@ -215,6 +226,56 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
         teacher = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, real_vocab_size(teacher, teacher, teacher_tok))
         return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
+
+
+def other_teacher_models(cfg, parts: Components) -> dict:
+    """``{name: teacher}`` for every teacher that a further constraint names (``cdistill.teachers``), each loaded
+    as the first one is: in process (with another tokenizer, through ``CrossTokenizerTeacher``) or behind a
+    server. Only sampled-token costs reach them (``cdistill.config``), so nothing of their vocabulary is needed."""
+    from cdistill.models.cross_tokenizer import CrossTokenizerTeacher, different_vocabularies
+    from cdistill.teachers import other_teachers, teacher_config
+
+    out = {}
+    for name in other_teachers(cfg):
+        t = teacher_config(cfg, name)
+        setting = f"model.teachers.{name}.name_or_path={t.name_or_path}"
+        path = other_teacher_path(cfg, t)
+        kw = {"gguf_file": t.gguf_file} if t.get("gguf_file") else {}
+        with named(setting, "its tokenizer"):
+            tok = load_tokenizer(path, **kw)
+        other = different_vocabularies(parts.tokenizer, tok)
+        if t.get("backend", "local") == "server":
+            if other:
+                raise ModelError(f"model.teachers.{name}: a served teacher must share the student's tokenizer (the "
+                                 "server checks a probe text); a teacher with another tokenizer runs in process "
+                                 f"(model.teachers.{name}.backend=local)")
+            from cdistill.models.served import connect
+
+            out[name] = connect(t, parts.tokenizer, parts.device)
+            continue
+        check_context(cfg.rollout.max_new_tokens, longest_prompt(parts.task, parts.tokenizer),
+                      {setting: context_of(path, **kw)})
+        with named(setting):
+            model = load_model(path, t.dtype, parts.device, t.get("quantization"), **kw).eval()
+        model.requires_grad_(False)
+        out[name] = CrossTokenizerTeacher(model, tok, parts.tokenizer, real_vocab_size(model, model, tok)) \
+            if other else model
+    return out
+
+
+def other_teacher_path(cfg, t) -> str:
+    """Where a further teacher ``t`` (``teachers.teacher_config``) is: an embedded one built from the embedded
+    teacher's recipe with its own changes (``model.teachers.<name>.embedded``), anything else as the first one."""
+    changes = t.get("embedded")
+    if not changes or t.name_or_path != f"{EMBEDDED}teacher":
+        return resolve_model_path(t.name_or_path, cfg)
+    from omegaconf import OmegaConf
+
+    from cdistill.models.embedded import ensure_built
+
+    recipe = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.model.embedded, resolve=True)),
+                             {"teacher": OmegaConf.to_container(changes, resolve=True)})
+    return str(ensure_built(recipe, cfg.task, absolute(cfg.paths.cache), "teacher"))
 
 
 def cross_tokenizer_check(cfg, student_tok, teacher_tok):

@@ -9,9 +9,9 @@ first EOS never counts. Masks are prefix masks (valid positions first), as gener
 """
 
 from cdistill.objectives.advantages import future_return, group_normalize, group_scale, reward_to_go
-from cdistill.objectives.batch import MicroBatch, Scored
+from cdistill.objectives.batch import Budget, MicroBatch, Scored
 from cdistill.objectives.chunking import ScoringSpec, positionwise
-from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats, running_step
+from cdistill.objectives.constraints import KINDS, ConstraintStats, constraint_stats, joint_stats, running_step
 from cdistill.objectives.costs import COSTS, Cost, logratio_cost, teacher_nll_cost, token_jsd_cost, token_kl_cost
 from cdistill.objectives.divergences import entropy_from_logits, generalized_jsd, kl_estimate
 from cdistill.objectives.importance import truncated_importance_weights
@@ -31,6 +31,7 @@ from cdistill.objectives.rewards import (
 
 __all__ = [
     "COSTS",
+    "Budget",
     "CONTROLLERS",
     "KINDS",
     "ConstraintStats",
@@ -48,6 +49,7 @@ __all__ = [
     "generalized_jsd",
     "group_normalize",
     "group_scale",
+    "joint_stats",
     "kl_estimate",
     "last_token_onehot",
     "logratio_cost",

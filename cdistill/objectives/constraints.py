@@ -82,3 +82,23 @@ def constraint_stats(costs: torch.Tensor, mask: torch.Tensor, threshold: float, 
         satisfied=value <= threshold,
         peak=peak,
     )
+
+
+
+def joint_stats(stats: list[ConstraintStats], mask: torch.Tensor) -> ConstraintStats:
+    """Several budgets read as one absorbing constraint: violated at the first token that violates any of them,
+    satisfied (at the end) when all are. ``violation_step``, ``absorbed`` and ``satisfied`` are joint; the value
+    fields (``running``, ``increments``, ``value``, ``peak``) stay the first constraint's, since values of
+    different costs do not add up to one value. One constraint is returned as it is."""
+    if len(stats) == 1:
+        return stats[0]
+    first = stats[0]
+    steps = torch.stack([s.violation_step for s in stats])  # [K, B]
+    any_over = (steps >= 0).any(dim=0)
+    earliest = steps.masked_fill(steps < 0, mask.shape[1]).amin(dim=0)
+    violation_step = torch.where(any_over, earliest, torch.full_like(earliest, -1))
+    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    absorbed = any_over.unsqueeze(1) & (pos >= violation_step.unsqueeze(1)) & mask.bool()
+    satisfied = torch.stack([s.satisfied for s in stats]).all(dim=0)
+    return ConstraintStats(running=first.running, increments=first.increments, value=first.value,
+                           violation_step=violation_step, absorbed=absorbed, satisfied=satisfied, peak=first.peak)
