@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from cdistill.eval.replicates import finished_runs, group_runs
@@ -140,3 +141,88 @@ def test_a_single_constraint_report_is_unchanged(tmp_path, capsys):
     assert rendered(tmp_path, (tmp_path / "report.html").read_text()) == (GOLDEN / "report.html").read_text()
     assert rendered(tmp_path, out) == (GOLDEN / "stdout.txt").read_text()
     assert not (tmp_path / "allocation.png").exists()
+
+
+FAMILIES = ["sells", "sells", "other", "other"]
+
+
+def two_budgets(teacher_d=10.0, tutor_d=5.0):
+    """Four problems × 2 samples. "teacher": C(y) = 4 everywhere, a prefix at 12 on problems 0 and 2; "tutor":
+    C(y) = 2 but 8 on problem 2. So, overall: satisfied@teacher 1, never exceeded@teacher 0.5, satisfied@tutor and
+    never exceeded@tutor 0.75, jointly satisfied 0.75 and never exceeded 0.5 (problems 1 and 3)."""
+    teacher = [[4.0, 4.0]] * 4
+    teacher_peak = [[12.0, 12.0], [4.0, 4.0], [12.0, 12.0], [4.0, 4.0]]
+    tutor = [[2.0, 2.0], [2.0, 2.0], [8.0, 8.0], [2.0, 2.0]]
+    return {FIRST: (teacher_d, teacher, teacher_peak), "tutor": (tutor_d, tutor, None)}
+
+
+def test_reading_at_another_budget_moves_the_first_constraint_only():
+    from cdistill.eval.replicates import per_problem
+
+    sample = {"correct": True, "divergence": 3.0, "peak": 6.0, "satisfied": False, "never_exceeded": False,
+              "budgets": {FIRST: {"divergence": 3.0, "peak": 6.0, "satisfied": True, "never_exceeded": True},
+                          "tutor": {"divergence": 9.0, "peak": 9.0, "satisfied": False, "never_exceeded": False}}}
+    ok_tutor = {**sample, "satisfied": True, "never_exceeded": True,
+                "budgets": {**sample["budgets"], "tutor": {**sample["budgets"]["tutor"], "satisfied": True,
+                                                           "never_exceeded": True}}}
+    record = {"samples": [sample, ok_tutor]}
+    assert per_problem(record, "satisfaction_rate@teacher", 5.0) == 1.0  # C(y) 3 <= 5
+    assert per_problem(record, "never_exceeded_rate@teacher", 5.0) == 0.0  # its peak 6 > 5
+    assert per_problem(record, "satisfaction_rate@tutor", 100.0) == 0.5  # its own budget, whatever d is read
+    # jointly, at d = 5 for the teacher: the first sample still fails the tutor's budget
+    assert per_problem(record, "satisfaction_rate", 5.0) == 0.5
+    assert per_problem(record, "success_rate", 2.0) == 0.0  # C(y) 3 > 2
+    assert per_problem(record, "divergence_mean@tutor", None) == 9.0
+    with pytest.raises(KeyError):
+        per_problem(record, "accuracy_sampled@tutor", None)
+
+
+def test_a_method_read_at_another_budget_is_still_held_to_the_other_constraints(tmp_path, capsys):
+    # soft_penalty's C(y) against the teacher (4) is within cmdp's d = 5, but its tutor's C(y) is 8 on a quarter of
+    # the problems: jointly it is satisfied on 0.75 of them at d = 5, cmdp on all
+    fake_run(tmp_path, "s", method="soft_penalty", seed=0, budgets=two_budgets(teacher_d=10.0), correct=[[1, 1]] * 4)
+    ok = {FIRST: (5.0, [[1.0, 1.0]] * 4, None), "tutor": (5.0, [[1.0, 1.0]] * 4, None)}
+    fake_run(tmp_path, "c", method="cmdp", seed=0, budgets=ok, correct=[[1, 1]] * 4)
+    report_main([str(tmp_path)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| cmdp d=5 | soft_penalty |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "5" and cells[5].startswith("+0.250 [")  # Δ satisfied at end: 1 − 0.75, not 1 − 1
+
+
+def test_runs_are_compared_only_under_the_same_further_constraints(tmp_path):
+    from cdistill.eval.report import pairs
+
+    fake_run(tmp_path, "c5", method="cmdp", seed=0, budgets=two_budgets(tutor_d=5.0), correct=[[1, 0]] * 4)
+    fake_run(tmp_path, "l5", method="lagrangian", seed=0, budgets=two_budgets(tutor_d=5.0), correct=[[1, 0]] * 4)
+    fake_run(tmp_path, "l6", method="lagrangian", seed=1, budgets=two_budgets(tutor_d=6.0), correct=[[1, 0]] * 4)
+    single = {FIRST: two_budgets()[FIRST]}
+    fake_run(tmp_path, "one", method="lagrangian", seed=2, budgets=single, correct=[[1, 0]] * 4)
+    groups = group_runs(finished_runs(tmp_path))
+    assert len(groups) == 4
+    found = {(a.runs[0].path.name, b.runs[0].path.name) for a, b, _ in pairs(groups)}
+    assert found == {("c5", "l5")}
+
+
+def test_constraints_left_out_and_an_empty_mapping_are_the_same_configuration(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, f"s{seed}", method="cmdp", seed=seed, budgets={FIRST: two_budgets()[FIRST]},
+                 correct=[[1, 0]] * 4)
+    config = tmp_path / "s0" / "config.yaml"
+    tree = yaml.safe_load(config.read_text())
+    assert tree.pop("constraints") == {}
+    config.write_text(yaml.safe_dump(tree))  # as a run written before several constraints existed
+    (group,) = group_runs(finished_runs(tmp_path))
+    assert group.seeds == [0, 1] and group.label == ""
+
+
+def test_a_declared_comparison_under_different_further_constraints_is_refused_in_one_line(tmp_path, capsys):
+    fake_run(tmp_path, "c", method="cmdp", seed=0, budgets=two_budgets(tutor_d=5.0), correct=[[1, 0]] * 4)
+    fake_run(tmp_path, "l", method="lagrangian", seed=0, budgets=two_budgets(tutor_d=6.0), correct=[[1, 0]] * 4)
+    (tmp_path / "verdicts.yaml").write_text("comparisons: [[cmdp, lagrangian]]\nprimary: satisfaction_rate\n")
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "held to different further constraints" in err[0]
+    assert "tutor: sum of logratio <= 6" in err[0]
+    assert not (tmp_path / "report.md").exists()

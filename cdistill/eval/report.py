@@ -326,8 +326,8 @@ def read_declaration(path: Path) -> Declaration:
 def resolve(decl: Declaration, groups: list[Group]) -> list[tuple[Group, Group, float]]:
     """Each declared pair as two replicate groups and the budget both are read at. A name is a row's full name or
     a method name that exactly one group has; a comparison is refused (``DeclarationError``, one line) when a name
-    matches no group or several, or when the two measure different things (``Group.comparable``) or were trained on
-    different budgets."""
+    matches no group or several, or when the two measure different things (``Group.comparable``: their constraint,
+    teacher, further constraints) or were trained on different budgets."""
     def group_of(name: str) -> Group:
         found = [g for g in groups if g.name == name] or [g for g in groups if g.method == name]
         if not found:
@@ -351,6 +351,9 @@ def resolve(decl: Declaration, groups: list[Group]) -> list[tuple[Group, Group, 
                             if dict(a.teacher).get(k) != dict(b.teacher).get(k))
             raise DeclarationError(f"{decl.source}: {a.name} and {b.name} read C(y) against different teachers "
                                    f"({', '.join(differ) or 'one run recorded no config'})")
+        if a.other_budgets != b.other_budgets:  # a joint rate of other budgets is another quantity
+            raise DeclarationError(f"{decl.source}: {a.name} and {b.name} are held to different further constraints "
+                                   f"({a.constraint_text}; {b.constraint_text})")
         if a.trains_on_budget and b.trains_on_budget and a.threshold != b.threshold:
             raise DeclarationError(f"{decl.source}: {a.name} and {b.name} were trained on different budgets "
                                    f"(d = {a.threshold:g} and {b.threshold:g})")
