@@ -156,6 +156,53 @@ def two_budgets(teacher_d=10.0, tutor_d=5.0):
     return {FIRST: (teacher_d, teacher, teacher_peak), "tutor": (tutor_d, tutor, None)}
 
 
+def table_rows(md: str, section: str) -> list[list[str]]:
+    """The data rows of the first table after heading ``section``."""
+    body = md.split(section, 1)[1].split("\n## ", 1)[0]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in body.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")]
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the report draws, kept open to be read (``plt.close`` is where each one is finished)."""
+    import cdistill.eval.plots as plots
+
+    real = plots._pyplot()
+    kept = {}
+
+    class Keeping:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def close(self, fig):
+            kept[fig._suptitle.get_text() if fig._suptitle else ""] = fig
+
+    monkeypatch.setattr(plots, "_pyplot", lambda: Keeping())
+    yield kept
+    for fig in kept.values():
+        real.close(fig)
+
+
+def test_each_constraint_is_read_on_its_own_beside_the_joint_reading(tmp_path, capsys):
+    fake_run(tmp_path, "c", method="cmdp", seed=0, budgets=two_budgets(), correct=[[1, 0]] * 4)
+    report_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    md = (tmp_path / "report.md").read_text()
+    (row,) = table_rows(md, "## Per constraint")
+    assert row[2] == "teacher: sum of logratio <= 10; tutor: sum of logratio <= 5"
+    means = [c.split(" [")[0] for c in row[4:]]
+    # satisfied, never exceeded, mean C(y) @teacher; the same @tutor; jointly satisfied, never exceeded
+    assert means == ["1.000", "0.500", "4.00", "0.750", "0.750", "3.50", "0.750", "0.500"]
+    # one run's rate over 4 problems: Wilson's interval, as the main table gives it
+    assert row[7] == "0.750 [0.301, 0.954]" and row[6] == "4.00 [4.00, 4.00]"
+    (main,) = [r for r in table_rows(md, "# cdistill report") if r[0] == "cmdp"]
+    assert main[7:9] == row[10:12]  # the main table's satisfied / never exceeded are the joint ones
+    assert "move the first constraint's (`teacher`) budget only" in md
+    assert "| satisfied @tutor |" in out  # printed too
+    assert "Divergence allocation" not in md and not (tmp_path / "allocation.png").exists()  # no families
+
+
 def test_reading_at_another_budget_moves_the_first_constraint_only():
     from cdistill.eval.replicates import per_problem
 
@@ -201,6 +248,60 @@ def test_runs_are_compared_only_under_the_same_further_constraints(tmp_path):
     assert len(groups) == 4
     found = {(a.runs[0].path.name, b.runs[0].path.name) for a, b, _ in pairs(groups)}
     assert found == {("c5", "l5")}
+
+
+def test_allocation_per_family_and_constraint_with_its_figure(tmp_path, figures):
+    fake_run(tmp_path, "c", method="cmdp", seed=0, budgets=two_budgets(), correct=[[1, 0]] * 4, families=FAMILIES)
+    report_main([str(tmp_path)])
+    md = (tmp_path / "report.md").read_text()
+    rows = {r[3]: r[4:] for r in table_rows(md, "## Divergence allocation per family")}
+    assert list(rows) == ["other", "sells"]
+    # problems, mean C(y) @teacher, satisfied @teacher, mean C(y) @tutor, satisfied @tutor, satisfied (all)
+    assert [c.split(" [")[0] for c in rows["sells"]] == ["2", "4.00", "1.000", "2.00", "1.000", "1.000"]
+    assert [c.split(" [")[0] for c in rows["other"]] == ["2", "4.00", "1.000", "5.00", "0.500", "0.500"]
+    assert "![divergence allocation per family](allocation.png)" in md
+    assert (tmp_path / "allocation.png").stat().st_size > 0
+    fig = next(f for title, f in figures.items() if title.startswith("divergence allocation"))
+    teacher, tutor = fig.axes[:2]
+    assert teacher.get_title() == "constraint 'teacher'" and tutor.get_title() == "constraint 'tutor'"
+    assert [p.get_height() for p in tutor.patches] == [5.0, 2.0]  # other, sells
+    assert [p.get_height() for p in teacher.patches] == [4.0, 4.0]
+
+    def budgets(ax):
+        return [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"]
+
+    assert budgets(teacher) == [10.0] and budgets(tutor) == [5.0]
+
+
+def test_every_multiplier_of_a_lagrangian_is_drawn(tmp_path, figures):
+    fake_run(tmp_path, "l", method="lagrangian", seed=0, budgets=two_budgets(), correct=[[1, 0]] * 4,
+             lam={FIRST: 0.5, "tutor": 0.25})
+    report_main([str(tmp_path)])
+    fig = next(f for title, f in figures.items() if title.startswith("training curves"))
+    ax = next(a for a in fig.axes if a.get_title() == "λ (lagrangian)")
+    lines = {line.get_linestyle(): line.get_ydata() for line in ax.lines}
+    assert set(lines) == {"-", "--"}  # λ@teacher solid, λ@tutor dashed, and λ not drawn again
+    assert lines["--"][-1] == pytest.approx(lines["-"][-1] / 2)  # the tutor's multiplier grows half as fast
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["λ@teacher", "λ@tutor"]
+
+
+def test_a_single_constraint_row_beside_several_shows_its_one_constraint_as_the_first(tmp_path):
+    fake_run(tmp_path, "two", method="cmdp", seed=0, budgets=two_budgets(), correct=[[1, 0]] * 4)
+    fake_run(tmp_path, "one", method="lagrangian", seed=0, budgets={FIRST: two_budgets()[FIRST]},
+             correct=[[1, 0]] * 4)
+    report_main([str(tmp_path)])
+    rows = {r[0]: r[4:] for r in table_rows((tmp_path / "report.md").read_text(), "## Per constraint")}
+    # one constraint: its satisfied, never exceeded and C(y) under the first name, nothing under the tutor's
+    assert [c.split(" [")[0] for c in rows["lagrangian"]] == ["1.000", "0.500", "4.00", "-", "-", "-", "1.000",
+                                                              "0.500"]
+
+
+def test_runs_without_per_problem_records_show_the_summaries_numbers(tmp_path):
+    run = fake_run(tmp_path, "c", method="cmdp", seed=0, budgets=two_budgets(), correct=[[1, 0]] * 4)
+    (run / "eval_samples.jsonl").unlink()
+    report_main([str(tmp_path)])
+    (row,) = table_rows((tmp_path / "report.md").read_text(), "## Per constraint")
+    assert row[7] == "0.750 (no interval)" and row[9] == "3.50 (no interval)"
 
 
 def test_constraints_left_out_and_an_empty_mapping_are_the_same_configuration(tmp_path):
