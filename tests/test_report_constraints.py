@@ -316,6 +316,21 @@ def test_constraints_left_out_and_an_empty_mapping_are_the_same_configuration(tm
     assert group.seeds == [0, 1] and group.label == ""
 
 
+def test_a_further_teacher_that_differs_is_another_constraint_but_not_where_it_is_served(tmp_path):
+    from cdistill.eval.report import pairs
+
+    for name, vocab, url in (("a", 400, "http://x"), ("b", 400, "http://y"), ("c", 512, "http://x")):
+        run = fake_run(tmp_path, name, method="cmdp" if name == "a" else "lagrangian", seed=0,
+                       budgets=two_budgets(), correct=[[1, 0]] * 4)
+        tree = yaml.safe_load((run / "config.yaml").read_text())
+        tree["model"]["teachers"] = {"t_tutor": {"name_or_path": "embedded:teacher", "vocab_size": vocab,
+                                                 "server": {"base_url": url}}}
+        (run / "config.yaml").write_text(yaml.safe_dump(tree))
+    groups = group_runs(finished_runs(tmp_path))
+    found = {(a.runs[0].path.name, b.runs[0].path.name) for a, b, _ in pairs(groups)}
+    assert found == {("a", "b")}  # c's tutor is another model: its C(y)@tutor measures something else
+
+
 def test_a_declared_comparison_under_different_further_constraints_is_refused_in_one_line(tmp_path, capsys):
     fake_run(tmp_path, "c", method="cmdp", seed=0, budgets=two_budgets(tutor_d=5.0), correct=[[1, 0]] * 4)
     fake_run(tmp_path, "l", method="lagrangian", seed=0, budgets=two_budgets(tutor_d=6.0), correct=[[1, 0]] * 4)

@@ -153,9 +153,16 @@ class Group:
     @property
     def other_budgets(self) -> tuple:
         """What its constraints beyond the first measure, and at which budgets: a joint rate is only the same
-        quantity in two groups when these agree (the first constraint's budget is read again by ``pairs``)."""
-        return tuple((n, c.get("teacher"), c.get("cost"), c.get("kind"), c.get("threshold"))
-                     for n, c in list(self.constraints.items())[1:])
+        quantity in two groups when these agree (the first constraint's budget is read again by ``pairs``). Their
+        teachers are named by the constraint; what each one is comes from ``model.teachers.<name>.*`` (where or
+        how it is served left out, as for ``teacher``)."""
+        if not self.constraints:
+            return ()
+        budgets = tuple((n, c.get("teacher"), c.get("cost"), c.get("kind"), c.get("threshold"))
+                        for n, c in list(self.constraints.items())[1:])
+        teachers = tuple(sorted((k, v) for k, v in self.runs[0].config.items() if k.startswith("model.teachers.")
+                                and "model.teacher." + k.split(".", 3)[-1] not in TEACHER_RESOURCES))
+        return budgets + teachers
 
     def comparable(self, other: Group) -> bool:
         """Whether two groups measure the same thing: the same constraint (cost and kind), against the same teacher
