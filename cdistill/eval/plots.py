@@ -1,5 +1,6 @@
-"""The report's figures: accuracy against divergence with intervals on both axes, and training curves of the
-student's own samples, smoothed, with a band across seeds."""
+"""The report's figures: accuracy against divergence with intervals on both axes, training curves of the
+student's own samples, smoothed, with a band across seeds, and, for runs with several constraints, the divergence
+each spends per family."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from cdistill.eval.replicates import Group, label, metric_rows, teacher_names
 from cdistill.eval.stats import Interval, band, smooth
 
 MARKERS = "osD^vP*X"
+# one line style per constraint in the multiplier panel (the first constraint's solid, as a single λ is drawn)
+STYLES = ("-", "--", ":", "-.")
 CURVES = [("reward", "task reward (student's samples)"), ("divergence_mean", "mean C(y)"),
           ("satisfaction_rate", "satisfied at the end"), ("lambda", "λ (lagrangian)")]
 
@@ -116,26 +119,39 @@ def plot_curves(groups: list[Group], out: Path, window: int = 10) -> None:
     cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
     handles = {}
+    # a lagrangian with several constraints learns a multiplier per constraint (``lambda@name``; ``lambda`` is the
+    # first one's again): each is drawn, told apart by its line style
+    names = list(dict.fromkeys(n for g in groups for n in g.budgets))
     for (key, title), ax in zip(CURVES, axes.flat, strict=True):
-        drawn = False
+        drawn, styled = False, {}
         for i, g in enumerate(groups):
-            curves = [metric_rows(r.path, key) for r in g.runs]
-            curves = [(s, smooth(v, window)) for s, v in curves if len(v)]
-            if not curves:
-                continue
-            # the steps every seed logged (gkd's on-policy steps differ from seed to seed; a run that stopped early
-            # ends the band)
-            steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
-            if not steps:
-                continue
-            mean, low, high = band([v[np.isin(s, steps)] for s, v in curves])
-            color = cmap(i % cmap.N)
-            name = f"{g.name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
-            (line,) = ax.plot(steps, mean, lw=1.2, color=color, label=name)
-            if len(curves) > 1:
-                ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
-            handles.setdefault(name, line)
-            drawn = True
+            keys = [(f"{key}@{n}", n) for n in g.budgets] if key == "lambda" and g.budgets else []
+            if keys and not any(len(metric_rows(r.path, k)[0]) for k, _ in keys for r in g.runs):
+                keys = []  # a run that logged its first multiplier alone: drawn as a single λ
+            for series, budget in keys or [(key, None)]:
+                curves = [metric_rows(r.path, series) for r in g.runs]
+                curves = [(s, smooth(v, window)) for s, v in curves if len(v)]
+                if not curves:
+                    continue
+                # the steps every seed logged (gkd's on-policy steps differ from seed to seed; a run that stopped
+                # early ends the band)
+                steps = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+                if not steps:
+                    continue
+                mean, low, high = band([v[np.isin(s, steps)] for s, v in curves])
+                color = cmap(i % cmap.N)
+                name = f"{g.name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+                style = STYLES[names.index(budget) % len(STYLES)] if budget is not None else "-"
+                (line,) = ax.plot(steps, mean, lw=1.2, color=color, label=name, ls=style)
+                if len(curves) > 1:
+                    ax.fill_between(steps, low, high, color=color, alpha=0.15, lw=0)
+                handles.setdefault(name, line)
+                if budget is not None:
+                    styled.setdefault(budget, style)
+                drawn = True
+        if styled:
+            ax.legend([plt.Line2D([], [], color="black", ls=st, lw=1.2) for st in styled.values()],
+                      [f"λ@{n}" for n in styled], fontsize=7, loc="best")
         if not drawn:
             ax.text(0.5, 0.5, "no run logs this on its own samples", ha="center", va="center",
                     transform=ax.transAxes, color="grey")
@@ -144,7 +160,10 @@ def plot_curves(groups: list[Group], out: Path, window: int = 10) -> None:
                 ax.axhline(d, color="black", linestyle="--", linewidth=0.8)
                 ax.annotate(f"d = {d:g}", (0.99, d), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                             fontsize=7)
-        ax.set_title(title, fontsize=10)
+        # with several constraints these two are the first constraint's C(y) and the joint rate (what the runs log
+        # under these keys)
+        extra = {"divergence_mean": f" ({names[0]!r})", "satisfaction_rate": " (every budget)"} if names else {}
+        ax.set_title(title + extra.get(key, ""), fontsize=10)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("step")
@@ -197,6 +216,57 @@ def plot_families(rows, out: Path) -> None:
     for row in axes:
         row[0].set_ylabel("accuracy gained over the start (sampled)", fontsize=8)
     fig.suptitle("per family: accuracy gained against divergence spent (95% intervals over seeds and problems)",
+                 fontsize=10)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * (-(-len(handles) // 4)), 1, 0.95))
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_allocation(rows, names: list[str], out: Path) -> None:
+    """How each group divides its divergence among families of problems, one panel per constraint: grouped bars of
+    the mean C(y) per family, one colour per group, with 95% intervals as whiskers where the runs kept per-problem
+    records, and each budget of that constraint among the groups as a dashed line.
+
+    ``rows`` are ``cdistill.eval.report.AllocationRow``s: ``divergence[name]`` an ``(Interval or None, mean or None)``
+    pair, ``thresholds[name]`` the group's budget (None where the group has no such constraint)."""
+    plt = _pyplot()
+    groups = list(dict.fromkeys(id(r.group) for r in rows))
+    group_names = {id(r.group): r.group.name for r in rows}
+    families = list(dict.fromkeys(r.family for r in rows))
+    cmap = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")
+    cols = min(len(names), 3)
+    nrows = -(-len(names) // cols)
+    width = 0.8 / max(1, len(groups))
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(4.6, 1.2 * len(families) * max(1, len(groups)) ** 0.5) * cols,
+                                                   3.9 * nrows + 0.9), squeeze=False)
+    handles = {}
+    for ni, name in enumerate(names):
+        ax = axes[ni // cols][ni % cols]
+        for r in rows:
+            interval, mean = r.divergence[name]
+            mean = interval.mean if interval is not None else mean
+            if mean is None:
+                continue
+            gi = groups.index(id(r.group))
+            x = families.index(r.family) - 0.4 + width * (gi + 0.5)
+            err = _errors([(0, 0, interval)], 2) if interval is not None else None
+            h = ax.bar([x], [mean], width=width * 0.9, yerr=err, capsize=2, color=cmap(gi % cmap.N),
+                       error_kw={"elinewidth": 0.8})
+            handles.setdefault(group_names[id(r.group)], h)
+        for d in sorted({t for r in rows if isinstance(t := r.thresholds.get(name), int | float)}):
+            ax.axhline(d, color="black", ls="--", lw=0.8)
+            ax.annotate(f"d = {d:g}", (0.99, d), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                        fontsize=7)
+        ax.set_xticks(range(len(families)), families, fontsize=8)
+        ax.set_xlabel("family", fontsize=8)
+        ax.set_ylabel(f"mean C(y) of {name!r}", fontsize=8)
+        ax.set_title(f"constraint {name!r}", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle("divergence allocation: mean C(y) per family and constraint (95% intervals over seeds and problems)",
                  fontsize=10)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8)

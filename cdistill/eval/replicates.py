@@ -49,8 +49,11 @@ def flatten(tree, prefix: str = "") -> dict:
 
 
 def without_resources(flat: dict) -> dict:
+    # ``constraints: {}`` is how a single-constraint run written after several constraints existed says what an older
+    # run said by leaving the key out: the two measure the same thing and must group and compare alike
     return {k.rstrip("."): v for k, v in flat.items()
-            if not any(k == r + "." or k.startswith(r + ".") for r in RESOURCE_KEYS)}
+            if not any(k == r + "." or k.startswith(r + ".") for r in RESOURCE_KEYS)
+            and not (k == "constraints." and v == "{}")}
 
 
 @dataclass
@@ -135,17 +138,51 @@ class Group:
                                                                                        "0"))))
         return tuple(sorted(out.items()))
 
+    @property
+    def constraints(self) -> dict:
+        """``{name: {teacher, cost, kind, threshold}}`` of a run with several constraints (the first, "teacher", is
+        the one ``threshold``, ``cost`` and ``kind`` describe); {} for a single-constraint run."""
+        found = self.first.get("constraints")
+        return found if isinstance(found, dict) and len(found) > 1 else {}
+
+    @property
+    def budgets(self) -> list[str]:
+        """The names of its constraints, the first first, when it has several; [] otherwise."""
+        return list(self.constraints)
+
+    @property
+    def other_budgets(self) -> tuple:
+        """What its constraints beyond the first measure, and at which budgets: a joint rate is only the same
+        quantity in two groups when these agree (the first constraint's budget is read again by ``pairs``). Their
+        teachers are named by the constraint; what each one is comes from ``model.teachers.<name>.*`` (where or
+        how it is served left out, as for ``teacher``)."""
+        if not self.constraints:
+            return ()
+        budgets = tuple((n, c.get("teacher"), c.get("cost"), c.get("kind"), c.get("threshold"))
+                        for n, c in list(self.constraints.items())[1:])
+        teachers = tuple(sorted((k, v) for k, v in self.runs[0].config.items() if k.startswith("model.teachers.")
+                                and "model.teacher." + k.split(".", 3)[-1] not in TEACHER_RESOURCES))
+        return budgets + teachers
+
     def comparable(self, other: Group) -> bool:
         """Whether two groups measure the same thing: the same constraint (cost and kind), against the same teacher
-        (a default run and a ``+exp=flawed_teacher`` one read C(y) against different teachers)."""
-        return self.constraint == other.constraint and self.teacher == other.teacher
+        (a default run and a ``+exp=flawed_teacher`` one read C(y) against different teachers), and the same further
+        constraints (with them, satisfied means every budget met)."""
+        return (self.constraint == other.constraint and self.teacher == other.teacher
+                and self.other_budgets == other.other_budgets)
 
     @property
     def constraint_text(self) -> str:
         cost, kind = self.constraint
         if not self.trains_on_budget:  # never trained on d: its C(y) is read at one for the satisfaction columns
-            return f"{kind} of {cost}, read at d = {self.threshold:g}" if cost else f"read at d = {self.threshold:g}"
-        return f"{kind} of {cost} <= {self.threshold:g}" if cost else f"d = {self.threshold:g}"
+            text = f"{kind} of {cost}, read at d = {self.threshold:g}" if cost else f"read at d = {self.threshold:g}"
+        else:
+            text = f"{kind} of {cost} <= {self.threshold:g}" if cost else f"d = {self.threshold:g}"
+        if not self.constraints:
+            return text
+        rest = [f"{n}: {c.get('kind')} of {c.get('cost')}{' <= ' if self.trains_on_budget else ', read at d = '}"
+                f"{_number(c.get('threshold'))}" for n, c in list(self.constraints.items())[1:]]
+        return "; ".join([f"{self.budgets[0]}: {text}", *rest])
 
     @property
     def name(self) -> str:
@@ -202,21 +239,40 @@ class Group:
         return None if s is None else tuple(p["question"] for p in s)
 
 
+# metrics that a run with several constraints also reports per constraint, as ``<metric>@<constraint name>``
+PER_BUDGET = ("divergence_mean", "satisfaction_rate", "never_exceeded_rate", "success_rate",
+              "success_never_exceeded_rate")
+
+
 def per_problem(record: dict, metric: str, threshold: float | None) -> float:
     """One problem's value of ``metric``: the mean over its sampled completions (greedy: its one answer).
-    With ``threshold`` the constraint is read again at that budget from each sample's C(y) and peak."""
+    With ``threshold`` the constraint is read again at that budget from each sample's C(y) and peak.
+
+    ``<metric>@<name>`` (a ``PER_BUDGET`` metric) reads constraint ``name`` alone from each sample's ``budgets``
+    (KeyError without them). With several constraints a ``threshold`` moves the first constraint's budget only: the
+    joint readings keep the other constraints' own verdicts, and ``@`` readings of the others are unchanged."""
     samples = record["samples"]
+    base, _, budget = metric.partition("@")
+    if budget and base not in PER_BUDGET:
+        raise KeyError(metric)
 
     def ok(s, reading):  # satisfied at the end, or never exceeded on any prefix
-        if threshold is None:
-            return s["satisfied"] if reading == "end" else s["never_exceeded"]
+        flag = "satisfied" if reading == "end" else "never_exceeded"
+        budgets = s.get("budgets") or {}
+        first = next(iter(budgets), None)
+        own = s["budgets"][budget] if budget else s
+        if threshold is None or (budget and budget != first):
+            return own[flag]
         # C(y) and peaks are float32 values: compared at float32, as the run itself compared them
-        value = s["divergence"] if reading == "end" else s["peak"]
-        return np.float32(value) <= np.float32(threshold)
+        value = own["divergence"] if reading == "end" else own["peak"]
+        met = np.float32(value) <= np.float32(threshold)
+        if budget:
+            return met
+        return met and all(b[flag] for n, b in budgets.items() if n != first)
 
     per_sample = {
         "accuracy_sampled": lambda s: s["correct"],
-        "divergence_mean": lambda s: s["divergence"],
+        "divergence_mean": lambda s: s["budgets"][budget]["divergence"] if budget else s["divergence"],
         "satisfaction_rate": lambda s: ok(s, "end"),
         "never_exceeded_rate": lambda s: ok(s, "prefix"),
         "success_rate": lambda s: s["correct"] and ok(s, "end"),
@@ -225,7 +281,7 @@ def per_problem(record: dict, metric: str, threshold: float | None) -> float:
     }
     if metric == "accuracy_greedy":
         return float(record["greedy_correct"])
-    f = per_sample[metric]
+    f = per_sample[base]
     return float(sum(float(f(s)) for s in samples) / len(samples))
 
 
@@ -248,6 +304,10 @@ def group_runs(runs: list[Run]) -> list[Group]:
     for g in groups:
         g.label = label(g, groups)
     return sorted(groups, key=lambda g: (g.method, g.threshold, g.label))
+
+
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
 def shown(value) -> str:

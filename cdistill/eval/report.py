@@ -5,7 +5,9 @@ between every other pair, a Pareto plot with error bars and training curves with
 Reads only what runs wrote (``summary.json``, ``config.yaml``, ``eval_samples.jsonl``, ``metrics.jsonl``, the
 Hydra ``.hydra/overrides.yaml``; ``evals.jsonl`` for the start student per family), so it works on any finished
 sweep, and writes ``report.md``, ``report.html``, ``pareto.png`` and ``curves.png`` into that directory, and
-``families.png`` with a per-family table when the runs evaluated families of problems (``task.family_field``).
+``families.png`` with a per-family table when the runs evaluated families of problems (``task.family_field``). Runs
+with several constraints (one budget per teacher) get a per-constraint table and, with families, a divergence
+allocation table and ``allocation.png``.
 
 The intervals are 95% intervals over seeds and problems (``cdistill.eval.stats.group_interval``: the variance
 of the mean from the seed means and from the problem means, Student's t at Welch–Satterthwaite's degrees of
@@ -29,7 +31,7 @@ import numpy as np
 import yaml
 
 from cdistill.errors import fail
-from cdistill.eval.plots import plot_curves, plot_families, plot_pareto
+from cdistill.eval.plots import plot_allocation, plot_curves, plot_families, plot_pareto
 from cdistill.eval.replicates import Group, finished_runs, group_runs
 from cdistill.eval.stats import (
     PAIRED,
@@ -326,8 +328,8 @@ def read_declaration(path: Path) -> Declaration:
 def resolve(decl: Declaration, groups: list[Group]) -> list[tuple[Group, Group, float]]:
     """Each declared pair as two replicate groups and the budget both are read at. A name is a row's full name or
     a method name that exactly one group has; a comparison is refused (``DeclarationError``, one line) when a name
-    matches no group or several, or when the two measure different things (``Group.comparable``) or were trained on
-    different budgets."""
+    matches no group or several, or when the two measure different things (``Group.comparable``: their constraint,
+    teacher, further constraints) or were trained on different budgets."""
     def group_of(name: str) -> Group:
         found = [g for g in groups if g.name == name] or [g for g in groups if g.method == name]
         if not found:
@@ -351,6 +353,9 @@ def resolve(decl: Declaration, groups: list[Group]) -> list[tuple[Group, Group, 
                             if dict(a.teacher).get(k) != dict(b.teacher).get(k))
             raise DeclarationError(f"{decl.source}: {a.name} and {b.name} read C(y) against different teachers "
                                    f"({', '.join(differ) or 'one run recorded no config'})")
+        if a.other_budgets != b.other_budgets:  # a joint rate of other budgets is another quantity
+            raise DeclarationError(f"{decl.source}: {a.name} and {b.name} are held to different further constraints "
+                                   f"({a.constraint_text}; {b.constraint_text})")
         if a.trains_on_budget and b.trains_on_budget and a.threshold != b.threshold:
             raise DeclarationError(f"{decl.source}: {a.name} and {b.name} were trained on different budgets "
                                    f"(d = {a.threshold:g} and {b.threshold:g})")
@@ -517,6 +522,137 @@ def family_table(rows: list[FamilyRow]) -> str:
     return markdown(cols, out)
 
 
+# what the per-constraint tables read of each constraint: (column, metric, format)
+PER_CONSTRAINT = [("satisfied", "satisfaction_rate", "{:.3f}"), ("never exceeded", "never_exceeded_rate", "{:.3f}"),
+                  ("mean C(y)", "divergence_mean", "{:.2f}")]
+JOINT = [("satisfied (all)", "satisfaction_rate", "{:.3f}"), ("never exceeded (all)", "never_exceeded_rate", "{:.3f}")]
+
+
+def constraint_names(groups: list[Group]) -> list[str]:
+    """Every constraint name of the groups with several constraints, the first constraint's first; [] when no group
+    has more than one (the report is then as it was before several constraints existed)."""
+    return list(dict.fromkeys(n for g in groups for n in g.budgets))
+
+
+def budget_key(g: Group, name: str, metric: str, names: list[str]) -> str | None:
+    """Which of ``g``'s metrics is ``metric`` of constraint ``name``: ``metric@name``; for a single-constraint group,
+    its plain metric under the first name (its one constraint is the one against ``model.teacher``); None when the
+    group has no such constraint."""
+    if g.budgets:
+        return f"{metric}@{name}" if name in g.budgets else None
+    return metric if name == names[0] else None
+
+
+def budget_threshold(g: Group, name: str, names: list[str]) -> float | None:
+    if g.budgets:
+        return (g.constraints.get(name) or {}).get("threshold")
+    return g.threshold if name == names[0] else None
+
+
+def family_mean(g: Group, family: str, key: str) -> float | None:
+    """The mean over seeds of a family's ``key`` in the summaries (for runs that kept no per-problem records)."""
+    vals = [((r.summary.get("families") or {}).get(family) or {}).get(key) for r in g.runs]
+    vals = [v for v in vals if isinstance(v, int | float)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def reading(g: Group, key: str | None, metric: str, family: str | None = None) -> tuple[Interval | None, float | None]:
+    """``(interval, mean)`` of ``g``'s ``key`` (a metric, or ``metric@name``) over its seeds and problems, on the
+    problems of ``family`` when given: the interval from the per-problem records as the main table's, the mean from
+    the summaries for runs without them."""
+    if key is None:
+        return None, None
+    m = g.matrix(key, family=family)
+    where = f"{g.name}{f' {family}' if family else ''}: {key}"
+    interval = _safely(interval_for(metric), m, what=where) if m is not None and m.size else None
+    return interval, g.mean(key) if family is None else family_mean(g, family, key)
+
+
+def constraint_table(groups: list[Group], names: list[str]) -> str:
+    cols = ["method", "settings", "constraint", "seeds",
+            *(f"{c} @{n}" for n in names for c, _, _ in PER_CONSTRAINT), *(c for c, _, _ in JOINT)]
+    rows = []
+    for g in groups:
+        row = [g.method, g.label or "-", g.constraint_text, _group_seeds(g)]
+        row += [cell(*reading(g, budget_key(g, n, m, names), m), f) for n in names for _, m, f in PER_CONSTRAINT]
+        row += [cell(*reading(g, m, m), f) for _, m, f in JOINT]
+        rows.append(row)
+    return markdown(cols, rows)
+
+
+def _group_seeds(g: Group) -> str:
+    return ",".join(str(s) for s in g.seeds) if all(s is not None for s in g.seeds) else str(len(g.runs))
+
+
+@dataclass
+class AllocationRow:
+    """One group's divergence on one family, per constraint: ``divergence[name]`` and ``satisfied[name]`` are
+    ``(interval, mean)`` pairs (``reading``); ``thresholds[name]`` its budget there (None: no such constraint)."""
+
+    group: Group
+    family: str
+    n_problems: int
+    divergence: dict
+    satisfied: dict
+    joint: tuple
+    thresholds: dict
+
+
+def allocation_rows(groups: list[Group], names: list[str]) -> list[AllocationRow]:
+    """How each group divides its divergence among the families, constraint by constraint; empty without
+    families."""
+    out = []
+    for g in groups:
+        for fam in g.families():
+            acc = g.matrix("accuracy_sampled", family=fam)
+            out.append(AllocationRow(
+                g, fam, 0 if acc is None else acc.shape[1],
+                {n: reading(g, budget_key(g, n, "divergence_mean", names), "divergence_mean", fam) for n in names},
+                {n: reading(g, budget_key(g, n, "satisfaction_rate", names), "satisfaction_rate", fam) for n in names},
+                reading(g, "satisfaction_rate", "satisfaction_rate", fam),
+                {n: budget_threshold(g, n, names) for n in names}))
+    return out
+
+
+def allocation_table(rows: list[AllocationRow], names: list[str]) -> str:
+    cols = ["method", "settings", "seeds", "family", "problems",
+            *(f"{c} @{n}" for n in names for c in ("mean C(y)", "satisfied")), "satisfied (all)"]
+    out = []
+    for r in rows:
+        g = r.group
+        row = [g.method, g.label or "-", _group_seeds(g), r.family, str(r.n_problems)]
+        for n in names:
+            row += [cell(*r.divergence[n], "{:.2f}"), cell(*r.satisfied[n], "{:.3f}")]
+        out.append(row + [cell(*r.joint, "{:.3f}")])
+    return markdown(cols, out)
+
+
+def constraint_sections(root: Path, groups: list[Group], names: list[str]) -> tuple[list[str], list[str]]:
+    """The report's sections for runs with several constraints, and the tables to print; writes
+    ``allocation.png`` when the runs evaluated families."""
+    first = names[0]
+    shown = [constraint_table(groups, names)]
+    parts = ["## Per constraint", "",
+             f"These runs have several constraints (one budget per teacher: {', '.join(f'`{n}`' for n in names)}). "
+             "Everywhere else in this report *satisfied at end*, *never exceeded* and their success rates are joint "
+             f"(every budget met by the same sample) and *mean C(y)* is the first constraint's (`{first}`); here each "
+             "constraint on its own (*@name*), with the same 95% intervals over seeds and problems, beside the joint "
+             f"readings (*all*). A row with a single constraint has only its `{first}`.", "",
+             f"Comparisons read at another budget d (the exploratory differences, *read at d*) move the first "
+             f"constraint's (`{first}`) budget only; the other constraints keep their own.", "",
+             shown[0], ""]
+    rows = allocation_rows(groups, names)
+    if rows:
+        shown.append(allocation_table(rows, names))
+        parts += ["## Divergence allocation per family", "",
+                  "Where each row spends each budget: per family of problems (`task.family_field`), the mean C(y) of "
+                  "every constraint and the share of samples within it, with 95% intervals over seeds and the "
+                  "family's problems; the figure draws the mean C(y) per family, one panel per constraint, its budgets "
+                  "as dashed lines.", "", shown[1], "", "![divergence allocation per family](allocation.png)", ""]
+        plot_allocation(rows, names, root / "allocation.png")
+    return parts, shown
+
+
 def write_report(root: Path, groups: list[Group], declaration: Declaration | None = None) -> str:
     """Write ``report.md``, ``report.html`` and the figures into ``root``; return the tables for the terminal.
     A ``declaration`` that does not fit the groups raises ``DeclarationError`` before anything is written."""
@@ -532,6 +668,9 @@ def write_report(root: Path, groups: list[Group], declaration: Declaration | Non
              "Sauté reading, under which cmdp forfeits the reward); *no answer*: completions from which no final "
              "answer could be extracted; *read at d*: a method whose training ignores d, its C(y) read at one.", "",
              text, ""]
+    names = constraint_names(groups)
+    several, several_shown = constraint_sections(root, groups, names) if names else ([], [])
+    parts += several
     if declared is not None:
         parts += declared_section(declared)
     else:
@@ -587,8 +726,8 @@ def write_report(root: Path, groups: list[Group], declaration: Declaration | Non
     (root / "report.html").write_text(to_html(root, md))
     exploratory = ("Exploratory differences (not corrected for multiplicity; no verdicts):\n\n"
                    + exploratory_table(comparisons)) if comparisons else ""
-    shown = [text, "\n".join(declared_section(declared)) if declared else "", exploratory, "\n".join(lines),
-             family_table(families) if families else ""]
+    shown = [text, *several_shown, "\n".join(declared_section(declared)) if declared else "", exploratory,
+             "\n".join(lines), family_table(families) if families else ""]
     return "\n\n".join(p.strip() for p in shown if p)
 
 
