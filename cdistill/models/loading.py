@@ -193,7 +193,8 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     if served:  # reached before minutes of loading the student: a server that is not there fails at once
         from cdistill.models.served import connect
 
-        teacher = connect(cfg.model.teacher, tokenizer, device)
+        # its own tokenizer, which the server's is checked against (the run's when both are alike)
+        teacher = connect(cfg.model.teacher, teacher_tok or tokenizer, device)
     contexts = {s_named: context_of(base_path, **s_kw),
                 t_named if not served else "the teacher's server (max_model_len)":
                     teacher.max_model_len if served else context_of(teacher_path, **t_kw)}
@@ -204,15 +205,19 @@ def build_components(cfg, student_path: str | None = None, device: str | None = 
     student = student_options(student, cfg.model.student, student_path if adapter else None)
     budget_input.load_if_present(student, student_path)  # a saute student's budget input
     if served:
+        if teacher_tok is not None:  # its log-probs of the text, spread onto the student's tokens
+            from cdistill.models.cross_tokenizer import cross_teacher
+
+            teacher = cross_teacher(teacher, teacher_tok, tokenizer, len(teacher_tok), task)
         return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
     with named(t_named):
         teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
                              **t_kw).eval()
     teacher.requires_grad_(False)
     if teacher_tok is not None:  # log-probs of the text, spread onto the student's tokens
-        from cdistill.models.cross_tokenizer import CrossTokenizerTeacher
+        from cdistill.models.cross_tokenizer import cross_teacher
 
-        teacher = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, real_vocab_size(teacher, teacher, teacher_tok))
+        teacher = cross_teacher(teacher, teacher_tok, tokenizer, real_vocab_size(teacher, teacher, teacher_tok), task)
         return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
 
