@@ -184,8 +184,8 @@ class ServedTeacher:
         ``server.model`` could name any model): a probe text, compared apart from a leading BOS."""
         theirs = self._server_tokens(TOKENIZER_PROBE)
         if theirs is None:
-            log.warning("the teacher's server has no tokenize endpoint: its tokenizer is not checked against the "
-                        "student's")
+            log.warning("the teacher's server has no tokenize endpoint: its tokenizer is not checked against "
+                        "model.teacher.name_or_path's")
             return
         bos = self.tokenizer.bos_token_id
         self.adds_bos = bool(theirs) and theirs[0] == bos
