@@ -287,7 +287,6 @@ TRAIN: dict[str, object] = {
     "model.teachers.*.server.model": Maybe(Text()), "model.teachers.*.server.api": OneOf(APIS),
     "model.teachers.*.server.api_key_env": Maybe(Text()), "model.teachers.*.server.timeout": POSITIVE,
     "model.teachers.*.server.retries": Whole(0), "model.teachers.*.server.max_concurrency": COUNT,
-    "model.teachers.*.server.top_k": Whole(0),
     "model.teachers.*.embedded": Maybe(Section()), **_embedded_model("teachers.*.embedded", "model."),
     "model.teachers.*.embedded.flaw": Maybe(OneOf(tuple(FLAWS))),
     "model.teachers.*.embedded.tokenizer.vocab_size": COUNT,

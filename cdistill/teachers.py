@@ -47,6 +47,8 @@ def teacher_config(cfg, name: str):
     base = OmegaConf.to_container(cfg.model.teacher, resolve=True)
     for own in ("name_or_path", "gguf_file"):
         base.pop(own, None)
+    if "server" in base:  # only the sampled tokens' log-probs are read of a further teacher
+        base["server"]["top_k"] = 0
     return OmegaConf.merge(OmegaConf.create(base), cfg.model.teachers[name])
 
 

@@ -11,6 +11,10 @@ choice's ``token_ids``; ``n`` completions per request, stopping at ``stop_token_
 ``{"unavailable": 2}`` answers the next two requests with HTTP 503, ``{"drop_positions": 1}`` returns one position
 fewer than sent, ``{"model": "other"}`` answers for another model, ``{"tokenizer": 1}`` serves a model whose
 tokenizer is another (ids shifted by one).
+
+``api="llama_cpp"`` answers as llama-cpp-python's server does instead (0.3.36): text prompts, ``/extras/tokenize``
+beside ``/v1`` (its tokenizer's BOS added), and ``echo`` with ``logprobs`` giving ``token_logprobs`` for every token
+of the text after the first, BOS tokens left out, the first entry null (``llama_cpp.Llama._create_completion``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import torch
 
 
 class FakeVLLM:
-    def __init__(self, model, tokenizer, name: str = "teacher"):
-        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+    def __init__(self, model, tokenizer, name: str = "teacher", api: str = "vllm"):
+        self.model, self.tokenizer, self.name, self.api = model.eval(), tokenizer, name, api
         self.faults: dict = {}
         self.max_model_len = model.config.max_position_embeddings  # vLLM's default: the model's own context
         self.requests: list[dict] = []
@@ -86,9 +90,25 @@ class FakeVLLM:
         return {"text": self.tokenizer.decode(out, skip_special_tokens=True), "token_ids": out,
                 "finish_reason": finish}
 
+    def echo(self, body: dict) -> tuple[int, dict]:
+        """llama.cpp's scoring: the prompt text tokenised with BOS, its log-probs echoed without BOS tokens."""
+        if not (body.get("echo") and body.get("max_tokens") == 1 and isinstance(body["prompt"], str)):
+            return 400, {"error": "this fake scores echoed text prompts only"}
+        ids = self.tokenizer(body["prompt"]).input_ids
+        with self.lock:
+            lp = self.logprobs(ids)
+        bos = self.tokenizer.bos_token_id
+        got = [float(lp[p, ids[p]]) for p in range(1, len(ids)) if ids[p] != bos]
+        got[:1] = [None] * len(got[:1])  # "the first is null", though it is the second token's
+        return 200, {"id": "cmpl-fake", "object": "text_completion", "model": body["model"],
+                     "choices": [{"index": 0, "text": "", "logprobs": {"token_logprobs": got},
+                                  "finish_reason": "length"}]}
+
     def complete(self, body: dict) -> tuple[int, dict]:
         if body.get("stream"):
             return 400, {"error": "stream not supported here"}
+        if self.api == "llama_cpp":
+            return self.echo(body)
         ids = body["prompt"]
         if not (isinstance(ids, list) and all(isinstance(t, int) for t in ids)):
             return 400, {"error": "this fake takes token-id prompts only"}
@@ -134,7 +154,8 @@ class FakeVLLM:
                     return self.send(503, {"error": "loading"})
                 if self.path == "/v1/models":
                     return self.send(200, {"object": "list", "data": [
-                        {"id": fake.name, "object": "model", "owned_by": "vllm", "max_model_len": fake.max_model_len}]})
+                        {"id": fake.name, "object": "model", "owned_by": "vllm" if fake.api == "vllm" else "me",
+                         **({"max_model_len": fake.max_model_len} if fake.api == "vllm" else {})}]})
                 self.send(404, {"error": "not found"})
 
             def do_POST(self):
@@ -142,7 +163,9 @@ class FakeVLLM:
                 fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
                 if self.unavailable():
                     return self.send(503, {"error": "loading"})
-                if self.path == "/tokenize":
+                if self.path == "/extras/tokenize" and fake.api == "llama_cpp":
+                    return self.send(200, {"tokens": fake.tokenizer(body["input"]).input_ids})
+                if self.path == "/tokenize" and fake.api == "vllm":
                     ids = fake.tokenizer(body["prompt"], add_special_tokens=body.get("add_special_tokens", True))
                     tokens = [t + fake.faults.get("tokenizer", 0) for t in ids.input_ids]
                     return self.send(200, {"count": len(tokens), "max_model_len": 512, "tokens": tokens})

@@ -418,3 +418,206 @@ def test_a_sequence_longer_than_the_teachers_own_context_is_refused_not_scored_p
     wrapped.context = 4  # a teacher whose positions end sooner than this sequence in its tokens
     with pytest.raises(ValueError, match=r"tokens in the teacher's own tokenizer, more than its context \(4\)"):
         wrapped.completion_forward(batch(rows, student_tok.pad_token_id))
+
+
+# -- a served teacher with another tokenizer ---------------------------------------------------------------------
+
+
+def _random_rows(student_tok, n: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Prompt and completion ids as sampled (non-canonical cuts, an EOS on every other completion)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt, completion = random_text(rng, i % 2 == 0), random_text(rng, i % 3 == 0)
+        c_ids = sampled_ids(student_tok, completion, rng) + ([student_tok.eos_token_id] if i % 2 else [])
+        rows.append((student_tok(prompt).input_ids, c_ids))
+    return rows
+
+
+def _served_cross(fake, teacher_tok, student_tok):
+    from cdistill.models.served import ServedTeacher, ServerOptions
+
+    served = ServedTeacher(ServerOptions(base_url=fake.base_url, model=fake.name, retries=1, backoff=0.01),
+                           teacher_tok)
+    return CrossTokenizerTeacher(served, teacher_tok, student_tok, len(teacher_tok))
+
+
+@pytest.mark.parametrize("api", ["vllm", "llama_cpp"])
+def test_a_served_teacher_with_another_tokenizer_gives_the_in_process_teachers_log_probs(setting, api):
+    from fake_vllm_server import FakeVLLM
+
+    from cdistill.models.served import ServedTeacher, ServerError, ServerOptions
+
+    student_tok, teacher_tok, teacher = setting
+    # llama.cpp's server aligns its echo only for a text that starts with BOS: a teacher tokenizer that adds one
+    teacher_tok = with_bos(teacher_tok)
+    size = OmegaConf.create({"hidden": 32, "intermediate": 64, "layers": 2, "heads": 2, "max_positions": 512})
+    teacher = tiny_llama(teacher_tok, size, seed=1).eval()
+    seq = batch(_random_rows(student_tok, 24, seed=13), student_tok.pad_token_id)
+    local = CrossTokenizerTeacher(teacher, teacher_tok, student_tok, len(teacher_tok)).completion_forward(seq).logp
+    with FakeVLLM(teacher, teacher_tok, api=api) as fake:
+        crossed = _served_cross(fake, teacher_tok, student_tok)
+        assert crossed.model.api == api
+        got = crossed.completion_forward(seq).logp
+        # the probe checks the server against the teacher's own tokenizer, which the student's is not
+        with pytest.raises(ServerError, match="tokenises otherwise than model.teacher.name_or_path"):
+            ServedTeacher(ServerOptions(base_url=fake.base_url, model=fake.name, retries=0), student_tok)
+    mask = seq.completion_mask
+    diff = (got - local).abs().max().item()
+    print(f"{api} served against in process, another tokenizer: max abs diff {diff:.3g} over {int(mask.sum())} tokens")
+    assert diff < 1e-5
+    assert (got[~mask] == 0).all() and (got[mask] != 0).any()
+    # what went over the wire: the teacher's own tokens (vLLM) or their text (llama.cpp), never the student's
+    sent = [r["prompt"] for r in fake.requests if r["path"] == "/v1/completions"]
+    assert len(sent) == seq.input_ids.shape[0]
+    if api == "vllm":
+        assert all(max(p) >= len(student_tok) for p in sent[:4])  # ids only the teacher's vocabulary has
+
+
+def test_a_same_tokenizer_served_teacher_is_not_wrapped_and_scores_as_before(tmp_path, cache):
+    """Where both tokenizers are alike the served teacher is the plain ``ServedTeacher``, checked against the run's
+    tokenizer, its log-probs those of the teacher in process."""
+    from fake_vllm_server import FakeVLLM
+
+    from cdistill.models.loading import build_components, load_model, resolve_model_path
+    from cdistill.models.served import ServedTeacher
+
+    cfg = tiny_cfg(tmp_path, cache=cache)
+    local = build_components(cfg)
+    rows = [(local.tokenizer("12 + 7 =").input_ids, local.tokenizer(" 19").input_ids + [local.tokenizer.eos_token_id])]
+    seq = batch(rows, local.tokenizer.pad_token_id)
+    with FakeVLLM(load_model(resolve_model_path("embedded:teacher", cfg)), local.tokenizer) as fake:
+        parts = build_components(tiny_cfg(tmp_path, "model.teacher.backend=server",
+                                          "model.teacher.server.model=teacher",
+                                          f"model.teacher.server.base_url={fake.base_url}", cache=cache))
+        assert type(parts.teacher) is ServedTeacher and parts.teacher.tokenizer is parts.tokenizer
+        got = parts.teacher.completion_forward(seq).logp
+    assert torch.allclose(got, completion_forward(local.teacher, seq).logp * seq.completion_mask, atol=1e-5)
+
+
+def test_a_run_trains_against_a_served_teacher_with_another_tokenizer_as_against_it_in_process(tmp_path, cache):
+    from fake_vllm_server import FakeVLLM
+
+    from cdistill.config import validate
+    from cdistill.models.loading import build_components, load_model, load_tokenizer, resolve_model_path
+    from cdistill.models.served import ServedTeacher
+    from cdistill.train import train
+
+    common = [OWN, "method=lagrangian", "constraint.cost=logratio", "constraint.threshold=5", "eval.at_start=true"]
+    for run in ("local", "served"):
+        (tmp_path / run).mkdir()
+    local = tiny_cfg(tmp_path, *common, cache=cache)
+    train(local, tmp_path / "local")
+    path = resolve_model_path("embedded:teacher", local)
+    with FakeVLLM(load_model(path), load_tokenizer(path)) as fake:
+        served = tiny_cfg(tmp_path, *common, "model.teacher.backend=server", "model.teacher.server.model=teacher",
+                          f"model.teacher.server.base_url={fake.base_url}", cache=cache)
+        validate(served)
+        parts = build_components(served)
+        assert isinstance(parts.teacher, CrossTokenizerTeacher) and isinstance(parts.teacher.model, ServedTeacher)
+        assert parts.teacher.model.tokenizer.get_vocab() != parts.tokenizer.get_vocab()
+        summary = train(served, tmp_path / "served")
+    steps = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+              if '"time_step"' in line] for run in ("local", "served")]
+    assert len(steps[0]) == len(steps[1]) == 2
+    for x, y in zip(*steps, strict=True):
+        for key in ("reward", "divergence_mean", "lambda", "loss", "grad_norm"):
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), key
+    # the teacher evaluated as the policy, sampled and scored by the server in its own tokenizer
+    local_summary = json.loads((tmp_path / "local" / "summary.json").read_text())
+    assert summary["teacher_accuracy_greedy"] == pytest.approx(local_summary["teacher_accuracy_greedy"], abs=1e-6)
+
+
+@pytest.mark.parametrize(("overrides", "refused"), [
+    (("model.teacher.server.top_k=20",), "model.teacher.server.top_k=20 asks for the teacher's top tokens"),
+    (("constraint.cost=token_kl", "model.teacher.server.top_k=20"), "constraint.cost=token_kl compares"),
+    (("method=gkd", "model.teacher.server.top_k=20"), "gkd's JSD reads the teacher's whole distribution"),
+    (("method=seqkd",), "method seqkd learns from the teacher's own samples"),
+])
+def test_a_served_teacher_with_another_tokenizer_is_refused_what_needs_one_vocabulary(tmp_path, overrides, refused):
+    from cdistill.config import validate
+    from cdistill.schema import ConfigError
+
+    served = ("model.teacher.backend=server", "model.teacher.server.model=teacher")
+    validate(tiny_cfg(tmp_path, OWN, *served, "constraint.cost=logratio"))  # sampled tokens' log-probs: accepted
+    with pytest.raises(ConfigError, match=refused) as e:
+        validate(tiny_cfg(tmp_path, OWN, *served, *overrides))
+    assert "\n" not in str(e.value)
+
+
+# -- the teacher's own chat template ------------------------------------------------------------------------------
+
+STUDENT_TEMPLATE = "{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}A:"
+TEACHER_TEMPLATE = ("{% for m in messages %}<|user|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+                    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def _chat_task(student_tok, use_chat_template=True):
+    from cdistill.tasks.base import Problem, Task
+
+    rng = random.Random(17)
+    problems = [Problem(random_text(rng, True) + "?", "1", "") for _ in range(12)]
+    task = Task("chat", problems[:6], problems[6:], "{question}", use_chat_template=use_chat_template)
+    task.bind_tokenizer(student_tok)
+    return task
+
+
+@pytest.mark.parametrize("teacher_bos", [False, True])
+def test_the_teacher_scores_its_own_chat_templates_prompt_and_the_completion_text(setting, teacher_bos):
+    from cdistill.models.cross_tokenizer import cross_teacher
+
+    student_tok, teacher_tok, teacher = setting
+    student_tok, teacher_tok = copy.deepcopy(student_tok), copy.deepcopy(teacher_tok)
+    if teacher_bos:  # a BOS the teacher's tokenizer adds to plain text, which its chat prompt does not get
+        teacher_tok = with_bos(teacher_tok)
+        size = OmegaConf.create({"hidden": 32, "intermediate": 64, "layers": 2, "heads": 2, "max_positions": 512})
+        teacher = tiny_llama(teacher_tok, size, seed=1).eval()
+    student_tok.chat_template, teacher_tok.chat_template = STUDENT_TEMPLATE, TEACHER_TEMPLATE
+    task = _chat_task(student_tok)
+    wrapped = cross_teacher(teacher, teacher_tok, student_tok, len(teacher_tok), task)
+    assert wrapped.prompts is not None
+    rng = random.Random(19)
+    eos_s, eos_t = student_tok.eos_token_id, teacher_tok.eos_token_id
+    cases = []
+    for i, problem in enumerate(task.train + task.test):
+        completion = random_text(rng, i % 2 == 0)
+        eos = i % 3 != 0
+        p_ids = student_tok(task.prompt(problem), add_special_tokens=False).input_ids  # as the rollout has it
+        assert student_tok.decode(p_ids).startswith("Q: ")
+        cases.append((problem, completion, eos, p_ids, sampled_ids(student_tok, completion, rng) + [eos_s] * eos))
+    seen = []
+    score = wrapped.score
+    wrapped.score = lambda seqs, spec: seen.extend(seqs) or score(seqs, spec)
+    out = wrapped.completion_forward(batch([(p, c) for *_, p, c in cases], student_tok.pad_token_id))
+    for i, (problem, completion, eos, _, c_ids) in enumerate(cases):
+        own = teacher_tok(f"<|user|>\n{problem.question}<|end|>\n<|assistant|>\n", add_special_tokens=False).input_ids
+        body = teacher_tok(completion, add_special_tokens=False).input_ids
+        # exactly the teacher's own template's tokens for the prompt, then the completion text's, then its EOS
+        assert seen[i] == own + body + [eos_t] * eos
+        lp = teacher_token_logp(teacher, seen[i])
+        want = sum(lp[len(own) - 1:])  # its log-likelihood of the completion text (and EOS) given its own prompt
+        got = out.logp[i, : len(c_ids)].double().sum().item()
+        assert math.isclose(got, want, abs_tol=2e-5), (completion, got, want)
+    # the student's own rendering, as scored before: another number
+    before = CrossTokenizerTeacher(teacher, teacher_tok, student_tok, len(teacher_tok)).completion_forward(
+        batch([(p, c) for *_, p, c in cases], student_tok.pad_token_id)).logp
+    assert (before.sum(1) - out.logp.sum(1)).abs().max() > 0.1
+
+
+def test_a_prompt_of_no_problem_is_refused_by_a_teacher_with_its_own_template_and_plain_tasks_map_nothing(setting):
+    from cdistill.models.cross_tokenizer import cross_teacher, own_prompts
+
+    student_tok, teacher_tok, teacher = setting
+    student_tok, teacher_tok = copy.deepcopy(student_tok), copy.deepcopy(teacher_tok)
+    task = _chat_task(student_tok, "auto")  # the student has no template: its prompts stay plain
+    teacher_tok.chat_template = TEACHER_TEMPLATE
+    wrapped = cross_teacher(teacher, teacher_tok, student_tok, len(teacher_tok), task)
+    prompt = student_tok(task.prompt(task.test[0])).input_ids
+    assert wrapped.prompts[tuple(prompt)][:2] == teacher_tok("<|user|>", add_special_tokens=False).input_ids[:2]
+    wrapped.completion_forward(batch([(prompt, student_tok(" 19").input_ids)], student_tok.pad_token_id))
+    with pytest.raises(ValueError, match="a prompt that is none of the task's problems") as e:
+        wrapped.completion_forward(batch([(student_tok("12 + 7 =").input_ids, student_tok(" 19").input_ids)],
+                                         student_tok.pad_token_id))
+    assert "\n" not in str(e.value)
+    teacher_tok.chat_template = None  # neither renders a template: the same prompt text for both, as before
+    assert own_prompts(task, student_tok, teacher_tok) is None

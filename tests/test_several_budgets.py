@@ -327,3 +327,33 @@ def test_a_run_with_two_teachers_of_different_tokenizers_records_every_budget(tm
     assert any(abs(s["budgets"]["correct"]["divergence"] - s["divergence"]) > 1e-3 for s in samples)
     joint = sum(s["satisfied"] for s in samples) / len(samples)
     assert summary["satisfaction_rate"] == pytest.approx(joint)
+
+
+def test_a_further_teacher_served_with_its_own_tokenizer_gives_the_budget_it_gives_in_process(tmp_path, cache):
+    from fake_vllm_server import FakeVLLM
+
+    from cdistill.models.loading import load_model, load_tokenizer, other_teacher_path
+    from cdistill.teachers import teacher_config
+    from cdistill.train import train
+
+    common = ["method=cmdp", "constraint.threshold=5",
+              "+constraints.correct={teacher: correct, cost: logratio, kind: sum, threshold: 4}",
+              "+model.teachers.correct={name_or_path: embedded:teacher, embedded: {tokenizer: {vocab_size: 300}}}"]
+    for run in ("local", "served"):
+        (tmp_path / run).mkdir()
+    local = tiny_cfg(tmp_path, *common, cache=cache)
+    train(local, tmp_path / "local")
+    path = other_teacher_path(local, teacher_config(local, "correct"))
+    with FakeVLLM(load_model(path), load_tokenizer(path)) as fake:
+        served = tiny_cfg(tmp_path, *common, "+model.teachers.correct.backend=server",
+                          "+model.teachers.correct.server={model: teacher, base_url: " + fake.base_url + "}",
+                          cache=cache)
+        validate(served)
+        train(served, tmp_path / "served")
+    steps = [[json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+              if '"time_step"' in line] for run in ("local", "served")]
+    assert len(steps[0]) == len(steps[1]) == 2
+    for x, y in zip(*steps, strict=True):
+        assert x["divergence_mean@correct"] != x["divergence_mean@teacher"]
+        for key in ("divergence_mean@correct", "satisfaction_rate", "loss"):
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), key

@@ -204,7 +204,8 @@ def first_teacher_components(cfg, student_path: str | None = None, device: str |
     if served:  # reached before minutes of loading the student: a server that is not there fails at once
         from cdistill.models.served import connect
 
-        teacher = connect(cfg.model.teacher, tokenizer, device)
+        # its own tokenizer, which the server's is checked against (the run's when both are alike)
+        teacher = connect(cfg.model.teacher, teacher_tok or tokenizer, device)
     contexts = {s_named: context_of(base_path, **s_kw),
                 t_named if not served else "the teacher's server (max_model_len)":
                     teacher.max_model_len if served else context_of(teacher_path, **t_kw)}
@@ -215,15 +216,19 @@ def first_teacher_components(cfg, student_path: str | None = None, device: str |
     student = student_options(student, cfg.model.student, student_path if adapter else None)
     budget_input.load_if_present(student, student_path)  # a saute student's budget input
     if served:
+        if teacher_tok is not None:  # its log-probs of the text, spread onto the student's tokens
+            from cdistill.models.cross_tokenizer import cross_teacher
+
+            teacher = cross_teacher(teacher, teacher_tok, tokenizer, len(teacher_tok), task)
         return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
     with named(t_named):
         teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
                              **t_kw).eval()
     teacher.requires_grad_(False)
     if teacher_tok is not None:  # log-probs of the text, spread onto the student's tokens
-        from cdistill.models.cross_tokenizer import CrossTokenizerTeacher
+        from cdistill.models.cross_tokenizer import cross_teacher
 
-        teacher = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, real_vocab_size(teacher, teacher, teacher_tok))
+        teacher = cross_teacher(teacher, teacher_tok, tokenizer, real_vocab_size(teacher, teacher, teacher_tok), task)
         return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
     return Components(task, tokenizer, student, teacher, real_vocab_size(student, teacher, tokenizer), device)
 
@@ -232,7 +237,7 @@ def other_teacher_models(cfg, parts: Components) -> dict:
     """``{name: teacher}`` for every teacher that a further constraint names (``cdistill.teachers``), each loaded
     as the first one is: in process (with another tokenizer, through ``CrossTokenizerTeacher``) or behind a
     server. Only sampled-token costs reach them (``cdistill.config``), so nothing of their vocabulary is needed."""
-    from cdistill.models.cross_tokenizer import CrossTokenizerTeacher, different_vocabularies
+    from cdistill.models.cross_tokenizer import cross_teacher, different_vocabularies
     from cdistill.teachers import other_teachers, teacher_config
 
     out = {}
@@ -245,21 +250,20 @@ def other_teacher_models(cfg, parts: Components) -> dict:
             tok = load_tokenizer(path, **kw)
         other = different_vocabularies(parts.tokenizer, tok)
         if t.get("backend", "local") == "server":
-            if other:
-                raise ModelError(f"model.teachers.{name}: a served teacher must share the student's tokenizer (the "
-                                 "server checks a probe text); a teacher with another tokenizer runs in process "
-                                 f"(model.teachers.{name}.backend=local)")
             from cdistill.models.served import connect
 
-            out[name] = connect(t, parts.tokenizer, parts.device)
-            continue
-        check_context(cfg.rollout.max_new_tokens, longest_prompt(parts.task, parts.tokenizer),
-                      {setting: context_of(path, **kw)})
-        with named(setting):
-            model = load_model(path, t.dtype, parts.device, t.get("quantization"), **kw).eval()
-        model.requires_grad_(False)
-        out[name] = CrossTokenizerTeacher(model, tok, parts.tokenizer, real_vocab_size(model, model, tok)) \
-            if other else model
+            teacher = connect(t, tok if other else parts.tokenizer, parts.device)
+            context, vocab = {f"model.teachers.{name}'s server (max_model_len)": teacher.max_model_len}, len(tok)
+        else:
+            context = {setting: context_of(path, **kw)}
+        check_context(cfg.rollout.max_new_tokens, longest_prompt(parts.task, parts.tokenizer), context)
+        if t.get("backend", "local") != "server":
+            with named(setting):
+                teacher = load_model(path, t.dtype, parts.device, t.get("quantization"), **kw).eval()
+            teacher.requires_grad_(False)
+            vocab = real_vocab_size(teacher, teacher, tok)
+        # another tokenizer: its log-probs of the text (and its own prompt), spread onto the student's tokens
+        out[name] = cross_teacher(teacher, tok, parts.tokenizer, vocab, parts.task) if other else teacher
     return out
 
 

@@ -184,8 +184,8 @@ class ServedTeacher:
         ``server.model`` could name any model): a probe text, compared apart from a leading BOS."""
         theirs = self._server_tokens(TOKENIZER_PROBE)
         if theirs is None:
-            log.warning("the teacher's server has no tokenize endpoint: its tokenizer is not checked against the "
-                        "student's")
+            log.warning("the teacher's server has no tokenize endpoint: its tokenizer is not checked against "
+                        "model.teacher.name_or_path's")
             return
         bos = self.tokenizer.bos_token_id
         self.adds_bos = bool(theirs) and theirs[0] == bos
@@ -193,7 +193,8 @@ class ServedTeacher:
         if theirs[self.adds_bos:] != mine:
             raise ServerError(f"the teacher's server tokenises otherwise than model.teacher.name_or_path="
                               f"{self.tokenizer.name_or_path}'s tokenizer (a probe gave {theirs[:8]}… against "
-                              f"{mine[:8]}…): serve the teacher whose tokenizer the student shares")
+                              f"{mine[:8]}…): serve model.teacher.name_or_path's model, or name the served "
+                              "model's tokenizer there")
 
     def _text(self, ids: list[int]) -> str:
         """The text a llama.cpp server is sent for ``ids``: without their leading BOS when the server puts one
@@ -243,8 +244,8 @@ class ServedTeacher:
             return [], []
         return self._score_vllm(ids, n) if self.api == "vllm" else self._score_llama_cpp(ids, n)
 
-    def _score_vllm(self, ids: list[int], n: int):
-        k = self.opts.top_k
+    def _score_vllm(self, ids: list[int], n: int, k: int | None = None):
+        k = self.opts.top_k if k is None else k
         out = self.client.call("/completions", {
             "model": self.opts.model, "prompt": ids, "max_tokens": 1, "temperature": 1.0,
             "prompt_logprobs": k, "return_token_ids": True})
@@ -271,7 +272,30 @@ class ServedTeacher:
                 top.append(best)
         return logp, top
 
+    def score(self, seqs: list[list[int]], spec=None) -> list[list[float]]:
+        """The log-prob of every token after the first of each sequence (in this server's vocabulary), for a
+        teacher with another tokenizer than the student's (``cross_tokenizer.CrossTokenizerTeacher``); nan where
+        the server gives none (llama.cpp: a BOS token after the first)."""
+        if spec is not None and spec.temperature != 1.0:
+            raise ValueError("a served teacher's log-probs are at temperature 1")
+        return self.client.map(self._score_all, seqs)
+
+    def _score_all(self, ids: list[int]) -> list[float]:
+        if self.api == "vllm":  # no top k: it would be in the teacher's vocabulary, which the student's is not
+            return self._score_vllm(ids, len(ids) - 1, k=0)[0]
+        return self._llama_cpp_logp(ids)[1:]
+
     def _score_llama_cpp(self, ids: list[int], n: int):
+        tok = self.tokenizer
+        logp = self._llama_cpp_logp(ids)[len(ids) - n:]
+        if any(x != x for x in logp):  # nan: a BOS token inside the completion, whose entry the server leaves out
+            raise ServerError(f"a completion holds the BOS token {tok.bos_token!r}, whose log-prob llama.cpp's "
+                              "server leaves out: use a vLLM server")
+        return logp, []
+
+    def _llama_cpp_logp(self, ids: list[int]) -> list[float]:
+        """llama.cpp's log-prob of each of ``ids`` (nan for the first and for every BOS token after it, which its
+        echo leaves out), through its own tokenisation of their text."""
         tok, bos = self.tokenizer, self.tokenizer.bos_token_id
         text = self._text(ids)
         # the server's own tokenisation of the text (its extras endpoint): the one its log-probs are for, which
@@ -296,11 +320,7 @@ class ServedTeacher:
         with self.lock:
             self.counts["sequences"] += 1
             self.counts["retokenized"] += theirs != ids
-        logp = spread_over_tokens(tok, ids, theirs, their_logp)[len(ids) - n:]
-        if any(x != x for x in logp):  # nan: a BOS token inside the completion, whose entry the server leaves out
-            raise ServerError(f"a completion holds the BOS token {tok.bos_token!r}, whose log-prob llama.cpp's "
-                              "server leaves out: use a vLLM server")
-        return logp, []
+        return spread_over_tokens(tok, ids, theirs, their_logp)
 
     def _choice(self, out: dict) -> dict:
         if out.get("model") not in (None, self.opts.model) and self.api == "vllm":
