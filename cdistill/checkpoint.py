@@ -62,6 +62,15 @@ def _computed(cfg) -> dict:
     else:
         for key in SERVER_TRANSPORT:
             teacher.get("server", {}).pop(key, None)
+    for further in (data.get("model", {}).get("teachers") or {}).values():
+        for key in SERVER_TRANSPORT:
+            (further.get("server") or {}).pop(key, None)
+    # several budgets, a soft_penalty weight per budget: absent or empty, a run computes what it did before they
+    # existed, and a checkpoint written then must still resume
+    for parent, key in ((data, "constraints"), (data.get("model", {}), "teachers"),
+                        (data.get("method", {}), "penalties")):
+        if parent.get(key) == {}:
+            parent.pop(key)
     return data
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from omegaconf import OmegaConf
+
 from cdistill import schema
 from cdistill.methods import build_method
 from cdistill.schema import ConfigError
@@ -87,6 +89,14 @@ def _several_budgets(cfg) -> None:
     """Every further constraint complete and on a teacher that exists, with a cost that needs only the sampled
     tokens' log-probs; every further teacher named by some constraint and given its address."""
     teachers = dict(cfg.model.get("teachers") or {})
+    for where, entries in (("constraints", dict(cfg.get("constraints") or {})), ("model.teachers", teachers)):
+        for name, entry in entries.items():
+            if not OmegaConf.is_dict(entry):
+                raise ConfigError(f"{where}.{name} must be a mapping of settings, got {entry}")
+    penalties = cfg.method.get("penalties")
+    if penalties and cfg.method.name != "soft_penalty":
+        raise ConfigError(f"method.penalties is soft_penalty's (a weight per budget); method {cfg.method.name} has no "
+                          "use for it")
     for name, c in other_constraints(cfg):
         key = f"constraints.{name}"
         if name == FIRST:
@@ -112,6 +122,9 @@ def _several_budgets(cfg) -> None:
         if t.get("name_or_path") is None:
             raise ConfigError(f"model.teachers.{name}.name_or_path is required (a Hugging Face id, a local path or "
                               "embedded:teacher)")
+        if t.get("backend", "local") == "server" and not (t.get("server") or {}).get("base_url"):
+            raise ConfigError(f"model.teachers.{name}.backend=server needs its own server: set "
+                              f"model.teachers.{name}.server.base_url")
         if t.get("embedded") and t.name_or_path != "embedded:teacher":
             raise ConfigError(f"model.teachers.{name}.embedded changes the embedded teacher's recipe, but the "
                               f"teacher is {t.name_or_path}: set its name_or_path to embedded:teacher or drop embedded")

@@ -13,7 +13,7 @@ from cdistill.objectives import COSTS, Budget, Scored, ScoringSpec, constraint_s
 from cdistill.objectives.topk import TopK
 from cdistill.rollout.sampling import Rollout
 from cdistill.runtime import out_of_memory_hint
-from cdistill.teachers import FIRST, other_constraints
+from cdistill.teachers import FIRST, other_constraints, other_teachers
 
 
 def scoring_spec(cfg, vocab: int, group_size: int = 1) -> ScoringSpec:
@@ -44,7 +44,8 @@ def score_rollout(rollout: Rollout, problems, parts, cfg, policy=None, keep_teac
     # further budgets, each on its teacher (None: not measurable here, a teacher evaluated in its own tokenizer)
     teachers = getattr(parts, "teachers", {})
     others = other_constraints(cfg) if teachers is not None else []
-    further = {c.teacher for _, c in others} - {FIRST}
+    # in config order, the same on every rank: sharded teachers' forwards are collectives
+    further = other_teachers(cfg) if others else []
     parts_of, teacher_hidden, further_logp = [], [], {name: [] for name in further}
     for start in range(0, seq.input_ids.shape[0], micro_batch):
         mb = seq.select(slice(start, start + micro_batch))

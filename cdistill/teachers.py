@@ -3,9 +3,10 @@
 The first constraint (``constraint``) is on ``model.teacher`` and is named ``teacher``. Each entry of
 ``constraints`` is one more budget: ``constraints.<name>: {teacher, cost, kind, threshold}``, its teacher
 named by ``teacher`` (``teacher`` itself, or a key of ``model.teachers``). A further teacher is configured as
-``model.teacher`` is; what it leaves out it takes from ``model.teacher`` (dtype, backend and server settings,
-quantization, sharding), and an embedded one may change the embedded teacher's recipe under ``embedded``
-(``model.teachers.correct.embedded: {flaw: null, tokenizer: {vocab_size: 400}}``).
+``model.teacher`` is; what it leaves out it takes from ``model.teacher`` (dtype, quantization, sharding, how a server
+is reached: api, key, timeout, retries, concurrency), except where it is: it runs in process unless its own
+``backend=server`` with its own ``server.base_url``. An embedded one may change the embedded teacher's recipe under
+``embedded`` (``model.teachers.correct.embedded: {flaw: null, tokenizer: {vocab_size: 400}}``).
 
 Named mappings, not a list: a Hydra override addresses an entry by its name (``constraints.correct.threshold=4``),
 and a run with one constraint keeps today's config unchanged.
@@ -45,10 +46,15 @@ def teacher_config(cfg, name: str):
     if name == FIRST:
         return cfg.model.teacher
     base = OmegaConf.to_container(cfg.model.teacher, resolve=True)
-    for own in ("name_or_path", "gguf_file"):
+    # where it is and what it is are its own: in process unless it says otherwise, and a server of its own
+    for own in ("name_or_path", "gguf_file", "backend"):
         base.pop(own, None)
+    base["backend"] = "local"
     if "server" in base:  # only the sampled tokens' log-probs are read of a further teacher
+        for own in ("base_url", "model"):
+            base["server"].pop(own, None)
         base["server"]["top_k"] = 0
+        base["server"]["model"] = None
     return OmegaConf.merge(OmegaConf.create(base), cfg.model.teachers[name])
 
 

@@ -211,12 +211,17 @@ def plot_families(rows, out: Path) -> None:
         if not shown:
             ax.text(0.5, 0.5, "no start evaluation per family", ha="center", va="center", transform=ax.transAxes,
                     color="grey")
-    for ax in axes.flat[len(families):]:
-        ax.set_visible(False)
     for row in axes:
         row[0].set_ylabel("accuracy gained over the start (sampled)", fontsize=8)
-    fig.suptitle("per family: accuracy gained against divergence spent (95% intervals over seeds and problems)",
-                 fontsize=10)
+    _finish_panels(plt, fig, axes, len(families), handles, out,
+                   "per family: accuracy gained against divergence spent (95% intervals over seeds and problems)")
+
+
+def _finish_panels(plt, fig, axes, used: int, handles: dict, out: Path, title: str) -> None:
+    """Hide the panels past ``used``, title the figure, put one legend under it and save it."""
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8)
     fig.tight_layout(rect=(0, 0.04 + 0.035 * (-(-len(handles) // 4)), 1, 0.95))
@@ -264,12 +269,5 @@ def plot_allocation(rows, names: list[str], out: Path) -> None:
         ax.set_ylabel(f"mean C(y) of {name!r}", fontsize=8)
         ax.set_title(f"constraint {name!r}", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    for ax in axes.flat[len(names):]:
-        ax.set_visible(False)
-    fig.suptitle("divergence allocation: mean C(y) per family and constraint (95% intervals over seeds and problems)",
-                 fontsize=10)
-    if handles:
-        fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(len(handles), 4), fontsize=8)
-    fig.tight_layout(rect=(0, 0.04 + 0.035 * (-(-len(handles) // 4)), 1, 0.95))
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _finish_panels(plt, fig, axes, len(names), handles, out,
+                   "divergence allocation: mean C(y) per family and constraint (95% intervals over seeds and problems)")

@@ -49,11 +49,12 @@ def flatten(tree, prefix: str = "") -> dict:
 
 
 def without_resources(flat: dict) -> dict:
-    # ``constraints: {}`` is how a single-constraint run written after several constraints existed says what an older
-    # run said by leaving the key out: the two measure the same thing and must group and compare alike
+    # ``constraints: {}`` (``model.teachers: {}``, ``method.penalties: {}``) is how a single-constraint run written
+    # after several constraints existed says what an older run said by leaving the key out: the two measure the same
+    # thing and must group and compare alike
     return {k.rstrip("."): v for k, v in flat.items()
             if not any(k == r + "." or k.startswith(r + ".") for r in RESOURCE_KEYS)
-            and not (k == "constraints." and v == "{}")}
+            and not (k in ("constraints.", "model.teachers.", "method.penalties.") and v == "{}")}
 
 
 @dataclass

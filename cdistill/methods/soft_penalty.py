@@ -30,12 +30,9 @@ class SoftPenalty(Method):
     trains_on_budget = False
 
     def advantages(self, b: Scored):
-        if not self.others:
-            rewards = soft_penalty_rewards(b.task_reward, b.stats, b.mask, self.cfg.penalty)
-        else:
-            rewards = soft_penalty_rewards(b.task_reward, b.stats, b.mask, self.penalties[0])
-            for w, s in zip(self.penalties[1:], b.all_stats()[1:], strict=True):
-                rewards = rewards - w * s.increments.detach() * b.mask
+        rewards = soft_penalty_rewards(b.task_reward, b.stats, b.mask, self.penalties[0])
+        for w, s in zip(self.penalties[1:], b.all_stats()[1:], strict=True):
+            rewards = rewards - w * s.increments.detach() * b.mask
         return self.normalize(rewards, b.mask, b.group_size)
 
     def holds_cost(self):
@@ -48,6 +45,6 @@ class SoftPenalty(Method):
         cs = (self.constraint, *(c for _, c in self.others))
         if not self.others:
             c = self.constraint
-            return self.cfg.penalty * constraint_stats(costs[0], b.mask[rows], c.threshold, c.kind).value
+            return self.penalties[0] * constraint_stats(costs[0], b.mask[rows], c.threshold, c.kind).value
         return sum(w * constraint_stats(x, b.mask[rows], c.threshold, c.kind).value
                    for w, x, c in zip(self.penalties, costs, cs, strict=True))
