@@ -416,3 +416,15 @@ def test_a_further_teacher_served_with_its_own_tokenizer_gives_the_budget_it_giv
         assert x["divergence_mean@correct"] != x["divergence_mean@teacher"]
         for key in ("divergence_mean@correct", "satisfaction_rate", "loss"):
             assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-5), key
+
+
+def test_a_further_teachers_unreachable_server_is_named_by_its_own_settings(tmp_path, cache):
+    from cdistill.models.loading import first_teacher_components, other_teacher_models
+    from cdistill.models.served import ServerError
+
+    cfg = tiny_cfg(tmp_path, TWO[0], "+model.teachers.other={name_or_path: embedded:teacher, backend: server, "
+                   "server: {base_url: 'http://127.0.0.1:9/v1', retries: 0, model: teacher}}", cache=cache)
+    validate(cfg)
+    with pytest.raises(ServerError, match=r"model\.teachers\.other\.server\.base_url") as e:
+        other_teacher_models(cfg, first_teacher_components(cfg))
+    assert "model.teacher.server" not in str(e.value)

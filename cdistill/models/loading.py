@@ -252,7 +252,7 @@ def other_teacher_models(cfg, parts: Components) -> dict:
         if t.get("backend", "local") == "server":
             from cdistill.models.served import connect
 
-            teacher = connect(t, tok if other else parts.tokenizer, parts.device)
+            teacher = connect(t, tok if other else parts.tokenizer, parts.device, f"model.teachers.{name}")
             context, vocab = {f"model.teachers.{name}'s server (max_model_len)": teacher.max_model_len}, len(tok)
         else:
             context = {setting: context_of(path, **kw)}

@@ -56,13 +56,14 @@ class ServerOptions:
     max_concurrency: int = 16
     top_k: int = 0
     backoff: float = 0.5  # seconds before the first retry, doubled at each
+    setting: str = "model.teacher"  # where its settings are (model.teachers.<name> for a further teacher's)
 
     @classmethod
-    def from_config(cls, teacher_cfg) -> ServerOptions:
+    def from_config(cls, teacher_cfg, setting: str = "model.teacher") -> ServerOptions:
         s = teacher_cfg.server
         return cls(base_url=str(s.base_url).rstrip("/"), model=s.model or teacher_cfg.name_or_path, api=s.api,
                    api_key_env=s.api_key_env, timeout=float(s.timeout), retries=int(s.retries),
-                   max_concurrency=int(s.max_concurrency), top_k=int(s.top_k))
+                   max_concurrency=int(s.max_concurrency), top_k=int(s.top_k), setting=setting)
 
 
 class Client:
@@ -76,7 +77,7 @@ class Client:
         if opts.api_key_env:
             key = os.environ.get(opts.api_key_env)
             if not key:
-                raise ServerError(f"model.teacher.server.api_key_env={opts.api_key_env}: that environment variable "
+                raise ServerError(f"{opts.setting}.server.api_key_env={opts.api_key_env}: that environment variable "
                                   "is not set")
             headers["Authorization"] = f"Bearer {key}"
         self.http = httpx.Client(base_url=opts.base_url, timeout=opts.timeout, headers=headers,
@@ -109,13 +110,13 @@ class Client:
                                   f"{_brief(r.text)}") from None
         tries = self.opts.retries + 1
         if last == "timeout":
-            raise ServerError(f"the teacher's server at {url} did not answer within model.teacher.server.timeout="
+            raise ServerError(f"the teacher's server at {url} did not answer within {self.opts.setting}.server.timeout="
                               f"{self.opts.timeout:g} s, {tries} tries (overloaded? raise the timeout or lower "
-                              "model.teacher.server.max_concurrency)")
+                              f"{self.opts.setting}.server.max_concurrency)")
         if last.startswith("HTTP"):
             raise ServerError(f"the teacher's server at {url} failed {tries} tries ({last})")
         raise ServerError(f"the teacher's server is unreachable at {url} after {tries} tries ({last}); is it "
-                          "running? (model.teacher.server.base_url)")
+                          f"running? ({self.opts.setting}.server.base_url)")
 
     def map(self, fn, items: list) -> list:
         return list(self.pool.map(fn, items))
@@ -149,7 +150,7 @@ class ServedTeacher:
         self.adds_bos = False  # set by the tokenizer check (llama.cpp: a GGUF whose metadata adds BOS)
         self._check_tokenizer()
         if opts.top_k and self.api == "llama_cpp":
-            raise ServerError("model.teacher.server.top_k needs a vLLM server: llama.cpp's server names its top "
+            raise ServerError(f"{opts.setting}.server.top_k needs a vLLM server: llama.cpp's server names its top "
                               "log-probs by their text, which does not identify a token")
 
     def _connect(self) -> str:
@@ -159,7 +160,7 @@ class ServedTeacher:
         if self.opts.model not in names:
             listed = ", ".join(map(str, names)) or "no model"
             raise ServerError(f"the teacher's server at {self.opts.base_url} serves {listed}, not {self.opts.model} "
-                              "(model.teacher.server.model)")
+                              f"({self.opts.setting}.server.model)")
         entry = next(m for m in served if m.get("id") == self.opts.model)
         # vLLM says how many positions it serves (llama.cpp does not): prompts plus completions must fit
         self.max_model_len = entry.get("max_model_len") if isinstance(entry.get("max_model_len"), int) else None
@@ -185,16 +186,16 @@ class ServedTeacher:
         theirs = self._server_tokens(TOKENIZER_PROBE)
         if theirs is None:
             log.warning("the teacher's server has no tokenize endpoint: its tokenizer is not checked against "
-                        "model.teacher.name_or_path's")
+                        "%s.name_or_path's", self.opts.setting)
             return
         bos = self.tokenizer.bos_token_id
         self.adds_bos = bool(theirs) and theirs[0] == bos
         mine = self.tokenizer(TOKENIZER_PROBE, add_special_tokens=False).input_ids
         if theirs[self.adds_bos:] != mine:
-            raise ServerError(f"the teacher's server tokenises otherwise than model.teacher.name_or_path="
+            where = f"{self.opts.setting}.name_or_path"
+            raise ServerError(f"the teacher's server tokenises otherwise than {where}="
                               f"{self.tokenizer.name_or_path}'s tokenizer (a probe gave {theirs[:8]}… against "
-                              f"{mine[:8]}…): serve model.teacher.name_or_path's model, or name the served "
-                              "model's tokenizer there")
+                              f"{mine[:8]}…): serve {where}'s model, or name the served model's tokenizer there")
 
     def _text(self, ids: list[int]) -> str:
         """The text a llama.cpp server is sent for ``ids``: without their leading BOS when the server puts one
@@ -404,8 +405,9 @@ class ServedTeacher:
         return Sample(ids, [0.0] * len(ids))
 
 
-def connect(teacher_cfg, tokenizer, device="cpu") -> ServedTeacher:
-    teacher = ServedTeacher(ServerOptions.from_config(teacher_cfg), tokenizer, device)
+def connect(teacher_cfg, tokenizer, device="cpu", setting: str = "model.teacher") -> ServedTeacher:
+    """The teacher served as ``teacher_cfg`` says; ``setting``: where those settings are, for what its errors name."""
+    teacher = ServedTeacher(ServerOptions.from_config(teacher_cfg, setting), tokenizer, device)
     log.info("teacher served by %s at %s (%s)", teacher.opts.model, teacher.opts.base_url, teacher.api)
     return teacher
 
