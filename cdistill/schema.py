@@ -381,5 +381,8 @@ def unknown_key(key: str, command: str) -> str:
     import difflib
 
     near = difflib.get_close_matches(key, sorted(settings(command)), n=1, cutoff=0.6)
+    if near and "*" in near[0]:  # a named entry's setting: the entry's own name where the table has "*"
+        parts, mine = near[0].split("."), key.split(".")
+        near = [".".join(mine[i] if p == "*" and i < len(mine) else p for i, p in enumerate(parts))]
     hint = f"did you mean {near[0]}?" if near else "a typo?"
     return f"{key} is not a setting of cdistill {command} ({hint})"

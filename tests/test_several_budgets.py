@@ -428,3 +428,28 @@ def test_a_further_teachers_unreachable_server_is_named_by_its_own_settings(tmp_
     with pytest.raises(ServerError, match=r"model\.teachers\.other\.server\.base_url") as e:
         other_teacher_models(cfg, first_teacher_components(cfg))
     assert "model.teacher.server" not in str(e.value)
+
+
+def test_a_run_with_two_budgets_resumes_its_multipliers_by_name_to_the_same_end(tmp_path, cache):
+    from cdistill.train import train
+
+    two = ["method=lagrangian", "method.lr=0.5", "optim.steps=4", "checkpoint.every=2", "checkpoint.keep=0",
+           "+constraints.correct={teacher: correct, cost: logratio, kind: sum, threshold: 3}",
+           "+model.teachers.correct={name_or_path: embedded:teacher, embedded: {tokenizer: {vocab_size: 300}}}"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    straight.mkdir()
+    resumed.mkdir()
+    a = train(tiny_cfg(tmp_path, *two, cache=cache), straight)
+    halfway = straight / "checkpoints" / "step-000002"
+    b = train(tiny_cfg(tmp_path, *two, f"resume={halfway}", cache=cache), resumed)
+    assert set(a["method_state"]) == {"teacher", "correct"}
+    assert a["method_state"] == b["method_state"] and a["method_state"]["correct"]["lam"] > 0
+    for key in ("accuracy_sampled", "satisfaction_rate", "satisfaction_rate@correct", "divergence_mean@correct"):
+        assert a[key] == b[key], key
+
+
+def test_a_misspelt_setting_of_a_named_budget_is_refused_with_the_entrys_own_name():
+    from cdistill.schema import unknown_key
+
+    said = unknown_key("constraints.correct.treshold", "train")
+    assert said.endswith("(did you mean constraints.correct.threshold?)")
