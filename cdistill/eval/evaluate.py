@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from cdistill.eval.metrics import batch_summary, per_sample
+from cdistill.eval.metrics import batch_summary, budget_names, per_sample
 from cdistill.eval.stats import rate_interval
 from cdistill.rollout.sampling import generate, generation_config
 from cdistill.rollout.sources import budget_tracking
 from cdistill.runtime import autocast
 from cdistill.scoring import score_rollout
 from cdistill.tasks.base import family_order
-from cdistill.teachers import FIRST, describe
+from cdistill.teachers import describe
 
 
 def evaluate(parts, cfg, n_problems: int | None = None, with_samples: bool = False, policy=None):
@@ -141,7 +141,7 @@ def sample_records(problems, greedy_texts, greedy_correct, greedy_answers, sampl
     (null: none could be read), divergences C(y) and peaks (the largest running C_t: with ``peak`` a report
     can read the never-exceeded constraint at any budget). With several budgets, ``satisfied`` and
     ``never_exceeded`` are joint, and ``budgets`` holds each constraint's own."""
-    joint = scored.joint()
+    joint = scored.joint
     return [{
         "question": p.question, **({"family": p.family} if p.family is not None else {}),
         "gold": p.gold, "greedy": greedy_texts[i], "greedy_correct": bool(greedy_correct[i]),
@@ -157,10 +157,9 @@ def sample_records(problems, greedy_texts, greedy_correct, greedy_answers, sampl
 
 def budgets_of(scored, r: int) -> dict:
     """Completion ``r``'s value, peak and satisfaction under each constraint, by name."""
-    names = [FIRST, *(o.name for o in scored.others)]
     return {name: {"divergence": float(s.value[r]), "peak": float(s.peak[r]), "satisfied": bool(s.satisfied[r]),
                    "never_exceeded": bool(s.violation_step[r] < 0)}
-            for name, s in zip(names, scored.all_stats(), strict=True)}
+            for name, s in zip(budget_names(scored), scored.all_stats(), strict=True)}
 
 
 def write_eval(out_dir: Path, report: dict, records: list[dict]) -> None:

@@ -22,16 +22,20 @@ def rates(correct: torch.Tensor, stats: ConstraintStats, suffix: str = "") -> di
             f"success_never_exceeded_rate{suffix}": (correct & never).double()}
 
 
+def budget_names(b: Scored) -> list[str]:
+    """Every constraint's name, the first one's first, in the order of ``Scored.all_stats``."""
+    return [FIRST, *(o.name for o in b.others)]
+
+
 def per_sample(b: Scored) -> dict[str, torch.Tensor]:
     """Each completion's value of the metrics that are means over completions: a batch's summary averages them,
     evaluation's per-family report sums them by family. With several budgets (``constraints``) the rates are joint
     (every budget met by the same completion) and each constraint's own follow as ``<metric>@<name>``;
     ``divergence_mean`` stays the first constraint's."""
     correct = b.task_reward > 0
-    out = {"reward": b.task_reward, "divergence_mean": b.stats.value, **rates(correct, b.joint())}
+    out = {"reward": b.task_reward, "divergence_mean": b.stats.value, **rates(correct, b.joint)}
     if b.others:
-        names = [FIRST, *(o.name for o in b.others)]
-        for name, stats in zip(names, b.all_stats(), strict=True):
+        for name, stats in zip(budget_names(b), b.all_stats(), strict=True):
             out[f"divergence_mean@{name}"] = stats.value
             out.update(rates(correct, stats, f"@{name}"))
     return out

@@ -28,7 +28,7 @@ class CMDP(Method):
         self.penalty_on = self.cfg.get("penalty_on", "first")
 
     def advantages(self, b: Scored):
-        rewards = cmdp_rewards(b.task_reward, summed(b.all_costs()), b.mask, b.joint(), self.cfg.penalty,
+        rewards = cmdp_rewards(b.task_reward, summed(b.all_costs()), b.mask, b.joint, self.cfg.penalty,
                                self.informative, self.penalty_on)
         return self.normalize(rewards, b.mask, b.group_size)
 
@@ -37,10 +37,10 @@ class CMDP(Method):
 
     def cost_in_return(self, b: Scored, rows, costs):
         # the informative reward −w·c_t on every token after the first violation (decided by the prefix)
-        return self.informative * (summed(costs) * after_violation(b.joint())[rows]).sum(1)
+        return self.informative * (summed(costs) * after_violation(b.joint)[rows]).sum(1)
 
     def after_step(self, b: Scored):
-        return {"absorbed_rate": float((b.joint().violation_step >= 0).float().mean())}
+        return {"absorbed_rate": float((b.joint.violation_step >= 0).float().mean())}
 
 
 def summed(costs: list[torch.Tensor]) -> torch.Tensor:

@@ -221,10 +221,7 @@ def first_teacher_components(cfg, student_path: str | None = None, device: str |
 
             teacher = cross_teacher(teacher, teacher_tok, tokenizer, len(teacher_tok), task)
         return Components(task, tokenizer, student, teacher, real_vocab_size(student, None, tokenizer), device)
-    with named(t_named):
-        teacher = load_model(teacher_path, cfg.model.teacher.dtype, device, cfg.model.teacher.get("quantization"),
-                             **t_kw).eval()
-    teacher.requires_grad_(False)
+    teacher = frozen_teacher(teacher_path, cfg.model.teacher, device, t_named, **t_kw)
     if teacher_tok is not None:  # log-probs of the text, spread onto the student's tokens
         from cdistill.models.cross_tokenizer import cross_teacher
 
@@ -240,7 +237,7 @@ def other_teacher_models(cfg, parts: Components) -> dict:
     from cdistill.models.cross_tokenizer import cross_teacher, different_vocabularies
     from cdistill.teachers import other_teachers, teacher_config
 
-    out = {}
+    out, longest = {}, None
     for name in other_teachers(cfg):
         t = teacher_config(cfg, name)
         setting = f"model.teachers.{name}.name_or_path={t.name_or_path}"
@@ -256,15 +253,23 @@ def other_teacher_models(cfg, parts: Components) -> dict:
             context, vocab = {f"model.teachers.{name}'s server (max_model_len)": teacher.max_model_len}, len(tok)
         else:
             context = {setting: context_of(path, **kw)}
-        check_context(cfg.rollout.max_new_tokens, longest_prompt(parts.task, parts.tokenizer), context)
+        longest = longest or longest_prompt(parts.task, parts.tokenizer)  # every prompt tokenised: once
+        check_context(cfg.rollout.max_new_tokens, longest, context)
         if t.get("backend", "local") != "server":
-            with named(setting):
-                teacher = load_model(path, t.dtype, parts.device, t.get("quantization"), **kw).eval()
-            teacher.requires_grad_(False)
+            teacher = frozen_teacher(path, t, parts.device, setting, **kw)
             vocab = real_vocab_size(teacher, teacher, tok)
         # another tokenizer: its log-probs of the text (and its own prompt), spread onto the student's tokens
         out[name] = cross_teacher(teacher, tok, parts.tokenizer, vocab, parts.task) if other else teacher
     return out
+
+
+def frozen_teacher(path: str, t, device: str, setting: str, **kw):
+    """A teacher's weights, in process, as its settings ``t`` say (dtype, quantization), in eval mode and without
+    gradients; a refusal to load names ``setting``."""
+    with named(setting):
+        teacher = load_model(path, t.dtype, device, t.get("quantization"), **kw).eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def other_teacher_path(cfg, t) -> str:

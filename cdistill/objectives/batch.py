@@ -4,6 +4,7 @@ its gradient (``MicroBatch``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -49,8 +50,10 @@ class Scored:
     def all_costs(self) -> list[torch.Tensor]:
         return [self.costs, *(o.costs for o in self.others)]
 
+    @cached_property
     def joint(self) -> ConstraintStats:
-        """All budgets as one absorbing constraint (``joint_stats``): ``stats`` itself when there is one."""
+        """All budgets as one absorbing constraint (``joint_stats``): ``stats`` itself when there is one. Derived
+        once per batch (the method reads it for the advantages and again in every micro-batch's extra term)."""
         return joint_stats(self.all_stats(), self.mask)
 
 
